@@ -1,0 +1,76 @@
+# The fork's commands. `make ci` is the README's test command (`.ci/run` calls it); `make demo` runs the demos.
+# Each target that needs packages makes its own virtualenv: nothing has to be installed by hand but Python 3.11 and git.
+PYTHON ?= python3
+FORK ?= build/fork
+TOOLS := .venv-tools
+DEMO := .venv-demo
+TORCH := torch==2.13.0
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: fork export check wheel sdist quality style test test-distributed test-trl116 ci demo bench clean
+
+$(TOOLS)/.done: requirements/tools.txt
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
+	$(TOOLS)/bin/python -m pip install --quiet -r requirements/tools.txt
+	touch $@
+
+# Materialize the fork (gitignored) as a git repository: upstream commit, tag, then `git am` of each patch.
+fork:
+	$(PYTHON) -m trl_fork fork $(FORK)
+
+# Regenerate patches/ and patches/series from the fork's commits after the upstream tag.
+export:
+	$(PYTHON) -m trl_fork export $(FORK)
+
+# Series lint, every patch applies to the pristine sdist with no fuzz, fork-then-export round trip is byte-identical.
+check:
+	$(PYTHON) -m trl_fork check
+
+wheel: $(TOOLS)/.done
+	$(TOOLS)/bin/python -m pip wheel --no-deps --wheel-dir dist .
+
+sdist: $(TOOLS)/.done
+	$(TOOLS)/bin/python -m build --sdist --outdir dist .
+
+# ruff on our own code only: never on patches/ (their context lines are upstream's).
+quality: $(TOOLS)/.done
+	$(TOOLS)/bin/ruff check trl_fork tests demo benchmarks
+	$(TOOLS)/bin/ruff format --check trl_fork tests demo benchmarks
+
+style: $(TOOLS)/.done
+	$(TOOLS)/bin/ruff check --fix trl_fork tests demo benchmarks
+	$(TOOLS)/bin/ruff format trl_fork tests demo benchmarks
+
+# The conformance tests against the wheel our backend builds, on trl 1.12.0's floors and on the newest transformers.
+test: $(TOOLS)/.done
+	$(TOOLS)/bin/tox run -e py311-tfmin,py311-tflatest --skip-missing-interpreters false
+
+# DDP x2 and DeepSpeed ZeRO-2/3 on CPU: slow, so not part of `make test`.
+test-distributed: $(TOOLS)/.done
+	$(TOOLS)/bin/tox run -e py311-distributed --skip-missing-interpreters false
+
+# trl 1.16.0 plus only the reward-conditioning patches: the upstream PR.
+test-trl116: $(TOOLS)/.done
+	$(TOOLS)/bin/tox run -e py311-trl116 --skip-missing-interpreters false
+
+# The README's test command.
+ci: check test
+
+$(DEMO)/.done: requirements/demo.txt patches/series $(wildcard patches/*.patch) upstream.cfg
+	$(PYTHON) -m venv $(DEMO)
+	$(DEMO)/bin/python -m pip install --quiet --upgrade pip
+	$(DEMO)/bin/python -m pip install --quiet $(TORCH)
+	$(DEMO)/bin/python -m pip install --quiet . -r requirements/demo.txt
+	$(DEMO)/bin/python -m pip install --quiet --force-reinstall --no-deps .  # same version, new patches
+	touch $@
+
+demo: $(DEMO)/.done
+	$(DEMO)/bin/python -m demo.critic
+	$(DEMO)/bin/python -m demo.conditioning
+
+bench: $(DEMO)/.done
+	$(DEMO)/bin/python -m benchmarks.conditioning_quality
+
+clean:
+	rm -rf build dist .tox $(TOOLS) $(DEMO) .cache
