@@ -25,7 +25,9 @@ def patched_tree(tmp_path_factory):
     return tree
 
 
-@pytest.mark.parametrize("patch", patchset.read_series(ROOT / "patches") or [pytest.param(None, marks=pytest.mark.skip)])
+@pytest.mark.parametrize(
+    "patch", patchset.read_series(ROOT / "patches") or [pytest.param(None, marks=pytest.mark.skip)]
+)
 def test_installed_files_carry_the_patch(patch, patched_tree):
     installed = Path(trl.__file__).resolve().parent.parent
     touched = patchset.touched_paths((ROOT / "patches" / patch).read_text())

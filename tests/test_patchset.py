@@ -8,6 +8,7 @@ import hashlib
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import zipfile
 from email.parser import Parser
@@ -135,7 +136,9 @@ def test_drift_is_detected_and_shown(project_with_patches, sdist):
     # A patch written by other means (abbreviated index, git's signature) still applies, but is not what export gives.
     patch = project_with_patches / "patches" / "Mark-the-PPO-package.patch"
     text = patch.read_text()
-    short = re.sub(r"^index ([0-9a-f]{8})[0-9a-f]{32}\.\.([0-9a-f]{8})[0-9a-f]{32}", r"index \1..\2", text, flags=re.M)
+    short = re.sub(
+        r"^index ([0-9a-f]{8})[0-9a-f]{32}\.\.([0-9a-f]{8})[0-9a-f]{32}", r"index \1..\2", text, flags=re.MULTILINE
+    )
     patch.write_text(short + "-- \n2.39.5\n\n")
     with pytest.raises(patchset.PatchSetError, match="drifted") as error:
         patchset.check(project_with_patches, sdist)
@@ -191,7 +194,7 @@ def test_nested_git_trap_is_avoided(project_with_patches, tmp_path, sdist):
     patchset.git("init", "--quiet", cwd=outer)
     patch = project_with_patches / "patches" / "Mark-the-PPO-package.patch"
     naive = patchset.extract_sdist(sdist, PIN, outer / "naive")
-    plain = subprocess.run(["git", "apply", str(patch)], cwd=naive, capture_output=True)
+    plain = subprocess.run(["git", "apply", str(patch)], cwd=naive, capture_output=True, check=False)
     assert plain.returncode == 0
     assert "THROWAWAY" not in (naive / "trl/experimental/ppo/__init__.py").read_text()  # the trap: nothing applied
     tree = patchset.extract_sdist(sdist, PIN, outer / "tree")
@@ -283,7 +286,9 @@ def build(root: Path, out: Path, sdist: Path, monkeypatch) -> Path:
     return out / backend.build_wheel(str(out), {"sdist": str(sdist)})
 
 
-def test_wheel_is_patched_versioned_upstream_shaped_and_reproducible(project_with_patches, tmp_path, sdist, monkeypatch):
+def test_wheel_is_patched_versioned_upstream_shaped_and_reproducible(
+    project_with_patches, tmp_path, sdist, monkeypatch
+):
     first = build(project_with_patches, tmp_path / "a", sdist, monkeypatch)
     second = build(project_with_patches, tmp_path / "b", sdist, monkeypatch)
     assert first.name == f"trl-{PIN.fork_version}-py3-none-any.whl"
@@ -329,3 +334,22 @@ def test_pin_file_errors_are_clear(tmp_path):
         parser.write(f)
     with pytest.raises(patchset.PatchSetError, match="64 hex digits, found 'abc'"):
         patchset.read_pin(root)
+
+
+def test_pip_install_git_url_gives_the_patched_trl(project_with_patches, tmp_path, sdist, monkeypatch):
+    # What users run: `pip install git+...` clones the repository and calls our backend from inside the clone.
+    repo = project_with_patches
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, repo / name)
+    shutil.copytree(ROOT / "trl_fork", repo / "trl_fork", ignore=shutil.ignore_patterns("__pycache__"))
+    patchset.git("init", "--quiet", cwd=repo)
+    commit(repo, "Project")
+    monkeypatch.setenv("TRL_FORK_SDIST", str(sdist))
+    target = tmp_path / "site"
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target)]
+    subprocess.run([*command, f"git+file://{repo}"], check=True)
+    info = target / f"trl-{PIN.fork_version}.dist-info"
+    assert info.is_dir(), sorted(p.name for p in target.iterdir())
+    assert "THROWAWAY = 1" in (target / "trl/experimental/ppo/__init__.py").read_text()
+    assert (target / "trl/experimental/throwaway.py").is_file()
+    assert not (target / "trl/accelerate_configs/zero1.yaml").exists()

@@ -75,6 +75,9 @@ def build_sdist(sdist_directory, config_settings=None):
             info.size, info.mtime, info.mode = len(data), mtime, 0o644
             tar.addfile(info, io.BytesIO(data))
     name = f"{base}.tar.gz"
-    with open(os.path.join(sdist_directory, name), "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=mtime) as gz:
+    with (
+        open(os.path.join(sdist_directory, name), "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=mtime) as gz,
+    ):
         gz.write(buffer.getvalue())
     return name

