@@ -1,0 +1,173 @@
+"""Cost of reward conditioning: training step and cached generation, side by side with the base model.
+
+One extra position per row costs at least (T + 1) / T. The goals (issue 4) are a conditioned training step time
+/ base step time <= (T + 1) / T x 1.03 at T = 256, and generation tokens/s >= 0.97 x the base model's, with the KV
+cache and the same batch. Both models run interleaved in one process (medians over repeats), so machine load hits
+both alike; ratios are medians of per-repeat ratios. Prints ratios; asserts nothing.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_reward_conditioning_speed.py            # CPU, a few minutes
+    python benchmarks/bench_reward_conditioning_speed.py --device cuda --hidden 1024 --layers 8
+"""
+
+import argparse
+import copy
+import os
+import statistics
+import time
+
+import torch
+
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from trl.experimental.reward_conditioning import RewardConditionedCausalLM
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--prompt-len", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=9)
+    return parser.parse_args()
+
+
+def synchronize(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(function, name, device):
+    synchronize(device)
+    start = time.perf_counter()
+    function(name)
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def main():
+    args = parse_args()
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=4 * args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=max(args.hidden // 64, 1),
+        max_position_embeddings=2 * (args.seq_len + args.new_tokens),
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    base = AutoModelForCausalLM.from_config(config).to(args.device)
+    conditioned = RewardConditionedCausalLM.from_base(copy.deepcopy(base), reward_mean=[0.0], reward_std=[1.0])
+
+    # Left-padded batch: row i has i * 8 padding tokens.
+    input_ids = torch.randint(3, args.vocab, (args.batch, args.seq_len), device=args.device)
+    attention_mask = torch.ones_like(input_ids)
+    for i in range(args.batch):
+        attention_mask[i, : 8 * i] = 0
+    input_ids = input_ids.masked_fill(attention_mask == 0, 0)
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    rewards = torch.randn(args.batch, device=args.device)
+    # The empirical floor: the base model on one more real token per row.
+    extra_ids = torch.randint(3, args.vocab, (args.batch, 1), device=args.device)
+    plus_one = {
+        "input_ids": torch.cat([input_ids, extra_ids], dim=1),
+        "attention_mask": torch.cat([attention_mask, torch.ones_like(extra_ids)], dim=1),
+        "labels": torch.cat([labels, extra_ids], dim=1),
+    }
+
+    optimizers = {
+        "base": torch.optim.AdamW(base.parameters(), lr=1e-5),
+        "conditioned": torch.optim.AdamW(conditioned.parameters(), lr=1e-5),
+    }
+    train_inputs = {
+        "base": {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels},
+        "base_plus_one": plus_one,
+        "conditioned": {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "rewards": rewards,
+        },
+    }
+
+    def train_step(name):
+        model = conditioned if name == "conditioned" else base
+        optimizer = optimizers["conditioned" if name == "conditioned" else "base"]
+        model(**train_inputs[name]).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    prompt_ids = input_ids[:, -args.prompt_len :]
+    prompt_mask = attention_mask[:, -args.prompt_len :]
+    generation = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
+
+    def generate(name):
+        if name == "base":
+            base.generate(prompt_ids, attention_mask=prompt_mask, **generation)
+        else:
+            conditioned.generate(prompt_ids, attention_mask=prompt_mask, rewards=rewards, **generation)
+
+    base.train()
+    conditioned.train()
+    step_times = {"base": [], "base_plus_one": [], "conditioned": []}
+    for repeat in range(args.repeats + 1):  # the first round warms up
+        order = ["base", "base_plus_one", "conditioned"]
+        for name in order if repeat % 2 == 0 else order[::-1]:
+            elapsed = timed(train_step, name, args.device)
+            if repeat > 0:
+                step_times[name].append(elapsed)
+
+    base.eval()
+    conditioned.eval()
+    generate_times = {"base": [], "conditioned": []}
+    for repeat in range(args.repeats + 1):
+        for name in ("base", "conditioned") if repeat % 2 == 0 else ("conditioned", "base"):
+            elapsed = timed(generate, name, args.device)
+            if repeat > 0:
+                generate_times[name].append(elapsed)
+
+    floor = (args.seq_len + 1) / args.seq_len
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(
+        f"device={device_name} threads={torch.get_num_threads()} layers={args.layers} hidden={args.hidden} "
+        f"vocab={args.vocab} batch={args.batch} T={args.seq_len} repeats={args.repeats}"
+    )
+    # Each repeat runs the contestants back to back, so per-repeat ratios cancel most of a busy machine's drift.
+    step = {name: statistics.median(times) for name, times in step_times.items()}
+    step_ratio = statistics.median(c / b for c, b in zip(step_times["conditioned"], step_times["base"], strict=True))
+    plus_one_ratio = statistics.median(
+        c / b for c, b in zip(step_times["conditioned"], step_times["base_plus_one"], strict=True)
+    )
+    tokens = args.batch * args.new_tokens
+    gen = {name: tokens / statistics.median(times) for name, times in generate_times.items()}
+    gen_ratio = statistics.median(
+        b / c for c, b in zip(generate_times["conditioned"], generate_times["base"], strict=True)
+    )
+    print(
+        f"train step (medians): base {step['base'] * 1e3:.1f} ms, base on T+1 tokens "
+        f"{step['base_plus_one'] * 1e3:.1f} ms, conditioned {step['conditioned'] * 1e3:.1f} ms"
+    )
+    print(
+        f"train step ratio conditioned/base: {step_ratio:.4f} = {step_ratio / floor:.4f} x the floor (T+1)/T = "
+        f"{floor:.4f} (goal <= 1.03 x the floor)"
+    )
+    print(f"train step ratio conditioned/(base on T+1 tokens): {plus_one_ratio:.4f}")
+    print(
+        f"generation (medians, prompt {args.prompt_len}, {args.new_tokens} new tokens, KV cache): base "
+        f"{gen['base']:.1f} tok/s, conditioned {gen['conditioned']:.1f} tok/s"
+    )
+    print(f"generation tokens/s ratio conditioned/base: {gen_ratio:.4f} (goal >= 0.97)")
+
+
+if __name__ == "__main__":
+    main()

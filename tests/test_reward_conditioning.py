@@ -1,0 +1,649 @@
+"""Conformance tests for `trl.experimental.reward_conditioning` (issue 4).
+
+The reference for every property is a manual construction written here from the definition: the base model fed one
+unpadded row as `[token embeddings before the reward; reward embedding; token embeddings after]` with explicit
+positions `0..L`. Models are tiny (2 layers, 32 hidden) fp32 GPT-2, GPT-J (eager only), Llama and GPT-NeoX, built
+from configs with the installed transformers. Nothing here imports PPO code, so it also runs on trl 1.16.0 with only
+the reward-conditioning patch.
+"""
+
+import functools
+import os
+
+import pytest
+import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTJConfig,
+    GPTNeoXConfig,
+    LlamaConfig,
+)
+
+from trl.experimental.reward_conditioning import (
+    RewardConditionedCausalLM,
+    RewardConditionedCausalLMConfig,
+)
+
+
+PAD, BOS, EOS = 0, 1, 2
+VOCAB = 320  # the `tiny_tokenizer` fixture's vocabulary size (checked in `test_vocab_matches_tokenizer`)
+ARCHS = [
+    ("gpt2", "eager"),
+    ("gpt2", "sdpa"),
+    ("gptj", "eager"),
+    ("llama", "eager"),
+    ("llama", "sdpa"),
+    ("gpt_neox", "eager"),
+    ("gpt_neox", "sdpa"),
+]
+ATOL = 2e-5
+
+
+def base_config(arch):
+    special = dict(vocab_size=VOCAB, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+    if arch == "gpt2":
+        return GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=64, initializer_range=0.2, **special)
+    if arch == "gptj":
+        return GPTJConfig(
+            n_layer=2, n_embd=32, n_head=4, rotary_dim=4, n_positions=64, initializer_range=0.2, **special
+        )
+    if arch == "llama":
+        return LlamaConfig(
+            num_hidden_layers=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            initializer_range=0.2,
+            **special,
+        )
+    return GPTNeoXConfig(
+        num_hidden_layers=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        rotary_pct=0.5,
+        max_position_embeddings=64,
+        initializer_range=0.2,
+        **special,
+    )
+
+
+def make_base(arch, attn="eager", seed=0):
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(base_config(arch), attn_implementation=attn).eval()
+
+
+@functools.cache
+def make_model(arch, attn, reward_position="prefix", num_rewards=1, use_null_reward=False):
+    """A cached tiny reward-conditioned model in eval mode, with a reward head large enough to matter."""
+    model = RewardConditionedCausalLM.from_base(
+        make_base(arch, attn),
+        num_rewards=num_rewards,
+        reward_position=reward_position,
+        reward_mean=[0.5 * (i + 1) for i in range(num_rewards)],
+        reward_std=[2.0 + i for i in range(num_rewards)],
+        use_null_reward=use_null_reward,
+    )
+    with torch.no_grad():
+        torch.manual_seed(1)
+        model.reward_head.linear.weight.normal_(std=1.0)
+        model.reward_head.linear.bias.normal_(std=1.0)
+        if use_null_reward:
+            model.reward_head.null_reward.normal_()
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Strategies and the manual reference
+
+
+@st.composite
+def batches(draw, reward_position="prefix", num_rewards=1, max_rows=3):
+    """Rows of real tokens (some starting with BOS), their rewards and prompt lengths, plus padding choices."""
+    num_rows = draw(st.integers(1, max_rows))
+    rows, prompt_lengths = [], []
+    for _ in range(num_rows):
+        tokens = draw(st.lists(st.integers(3, VOCAB - 1), min_size=1, max_size=7))
+        if draw(st.booleans()):
+            tokens = [BOS] + tokens
+        rows.append(tokens)
+        prompt_lengths.append(draw(st.integers(0, len(tokens))) if reward_position == "before_completion" else 0)
+    reward_values = st.floats(-10, 10, allow_nan=False, width=32)
+    rewards = draw(
+        st.lists(
+            st.lists(reward_values, min_size=num_rewards, max_size=num_rewards), min_size=num_rows, max_size=num_rows
+        )
+    )
+    return {
+        "rows": rows,
+        "rewards": torch.tensor(rewards),  # (B, R)
+        "prompt_lengths": prompt_lengths,
+        "padding_side": draw(st.sampled_from(["left", "right"])),
+        "extra_padding": draw(st.integers(0, 3)),
+    }
+
+
+def pad_rows(rows, padding_side, extra_padding=0):
+    """Pad lists of token ids into `(B, T)` ids and mask; also return each row's first real column."""
+    width = max(len(row) for row in rows) + extra_padding
+    input_ids = torch.full((len(rows), width), PAD)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    starts = []
+    for i, row in enumerate(rows):
+        start = width - len(row) if padding_side == "left" else 0
+        input_ids[i, start : start + len(row)] = torch.tensor(row)
+        attention_mask[i, start : start + len(row)] = 1
+        starts.append(start)
+    return input_ids, attention_mask, starts
+
+
+def reward_index_in_row(model, tokens, prompt_length):
+    """Where the reward goes among a row's real tokens, by definition."""
+    if model.config.reward_position == "before_completion":
+        return prompt_length
+    return 1 if tokens[0] == BOS else 0
+
+
+def manual_reward_embedding(model, reward):
+    """`W @ ((r - mean) / std) + b`, written out."""
+    mean = torch.tensor(model.config.reward_mean)
+    std = torch.tensor(model.config.reward_std)
+    linear = model.reward_head.linear
+    return linear.weight @ ((reward - mean) / std) + linear.bias  # (H,)
+
+
+@torch.no_grad()
+def manual_logits(model, tokens, reward, prompt_length=0, reward_embedding=None):
+    """Logits `(L, V)` of one unpadded row; entry t predicts token t + 1, from the extended sequence."""
+    base = model.model
+    ids = torch.tensor([tokens])
+    embeds = base.get_input_embeddings()(ids)[0]  # (L, H)
+    if reward_embedding is None:
+        reward_embedding = manual_reward_embedding(model, reward)
+    k = reward_index_in_row(model, tokens, prompt_length)
+    extended = torch.cat([embeds[:k], reward_embedding[None], embeds[k:]])[None]  # (1, L + 1, H)
+    positions = torch.arange(len(tokens) + 1)[None]
+    logits = base(inputs_embeds=extended, position_ids=positions).logits[0]  # (L + 1, V)
+    # Token t + 1 sits at extended index t + 1 + (t + 1 >= k); the output just before it predicts it.
+    return torch.stack([logits[t + (t + 1 >= k)] for t in range(len(tokens))])
+
+
+def batch_inputs(model, batch):
+    input_ids, attention_mask, starts = pad_rows(batch["rows"], batch["padding_side"], batch["extra_padding"])
+    kwargs = {"attention_mask": attention_mask, "rewards": batch["rewards"]}
+    if model.config.reward_position == "before_completion":
+        kwargs["prompt_lengths"] = torch.tensor(batch["prompt_lengths"])
+    return input_ids, kwargs, starts
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Properties
+
+
+def test_vocab_matches_tokenizer(tiny_tokenizer):
+    assert len(tiny_tokenizer) <= VOCAB
+    assert (tiny_tokenizer.pad_token_id, tiny_tokenizer.bos_token_id, tiny_tokenizer.eos_token_id) == (PAD, BOS, EOS)
+
+
+@given(arch=st.sampled_from(ARCHS), position=st.sampled_from(["prefix", "before_completion"]), data=st.data())
+def test_padding_invariance(arch, position, data):
+    """1. A row's logits are the same unpadded, left-padded, right-padded, alone or in a batch."""
+    model = make_model(*arch, reward_position=position)
+    batch = data.draw(batches(position))
+    with torch.no_grad():
+        for padding_side in ("left", "right"):
+            padded = dict(batch, padding_side=padding_side)
+            input_ids, kwargs, starts = batch_inputs(model, padded)
+            logits = model(input_ids, **kwargs).logits
+            for i, tokens in enumerate(batch["rows"]):
+                alone = model(
+                    torch.tensor([tokens]),
+                    rewards=batch["rewards"][i : i + 1],
+                    **({"prompt_lengths": torch.tensor([batch["prompt_lengths"][i]])} if position != "prefix" else {}),
+                ).logits[0]
+                in_batch = logits[i, starts[i] : starts[i] + len(tokens)]
+                torch.testing.assert_close(in_batch, alone, atol=ATOL, rtol=0)
+
+
+@given(position=st.sampled_from(["prefix", "before_completion"]), data=st.data())
+def test_positions(position, data):
+    """2. Real tokens' position ids are their index among attended tokens, plus one after the reward."""
+    model = make_model("llama", "eager", reward_position=position)
+    batch = data.draw(batches(position, max_rows=4))
+    input_ids, kwargs, starts = batch_inputs(model, batch)
+    inputs, reward_index = model.prepare_conditioned_inputs(input_ids, **kwargs)
+    for i, tokens in enumerate(batch["rows"]):
+        k = reward_index_in_row(model, tokens, batch["prompt_lengths"][i])
+        assert reward_index[i] == starts[i] + k
+        attended = inputs["attention_mask"][i].nonzero()[:, 0]
+        assert len(attended) == len(tokens) + 1
+        assert inputs["position_ids"][i, attended].tolist() == list(range(len(tokens) + 1))
+        # The reward sits at position k; real token t at t, or t + 1 from the reward on.
+        assert inputs["position_ids"][i, reward_index[i]] == k
+        real_columns = [c for c in attended.tolist() if c != reward_index[i]]
+        expected = [t + (t >= k) for t in range(len(tokens))]
+        assert inputs["position_ids"][i, real_columns].tolist() == expected
+        torch.testing.assert_close(
+            inputs["inputs_embeds"][i, real_columns], model.model.get_input_embeddings()(torch.tensor(tokens))
+        )
+
+
+@given(
+    arch=st.sampled_from(ARCHS),
+    position=st.sampled_from(["prefix", "before_completion"]),
+    num_rewards=st.sampled_from([1, 2]),
+    data=st.data(),
+)
+def test_matches_manual_construction(arch, position, num_rewards, data):
+    """3. The base model fed `[reward embedding; token embeddings]` with explicit positions gives the same logits."""
+    model = make_model(*arch, reward_position=position, num_rewards=num_rewards)
+    batch = data.draw(batches(position, num_rewards=num_rewards))
+    input_ids, kwargs, starts = batch_inputs(model, batch)
+    if num_rewards == 1 and data.draw(st.booleans()):
+        kwargs["rewards"] = kwargs["rewards"][:, 0]  # (B,) is accepted for a scalar reward
+    with torch.no_grad():
+        logits = model(input_ids, **kwargs).logits
+    assert logits.shape == (*input_ids.shape, VOCAB)
+    for i, tokens in enumerate(batch["rows"]):
+        expected = manual_logits(model, tokens, batch["rewards"][i], batch["prompt_lengths"][i])
+        torch.testing.assert_close(logits[i, starts[i] : starts[i] + len(tokens)], expected, atol=ATOL, rtol=0)
+
+
+def generation_case(data, position):
+    rows = data.draw(st.lists(st.lists(st.integers(3, VOCAB - 1), min_size=1, max_size=6), min_size=1, max_size=3))
+    rewards = torch.tensor(data.draw(st.lists(st.floats(-10, 10, width=32), min_size=len(rows), max_size=len(rows))))
+    return rows, rewards
+
+
+@given(arch=st.sampled_from(ARCHS), position=st.sampled_from(["prefix", "before_completion"]), data=st.data())
+def test_cached_generation_matches_recomputation(arch, position, data):
+    """4. Cached greedy generation equals full recomputation without cache, and batched equals single-row."""
+    model = make_model(*arch, reward_position=position)
+    rows, rewards = generation_case(data, position)
+    input_ids, attention_mask, _ = pad_rows(rows, "left", data.draw(st.integers(0, 2)))
+    new = 5
+    out = model.generate(
+        input_ids,
+        attention_mask=attention_mask,
+        rewards=rewards,
+        max_new_tokens=new,
+        min_new_tokens=new,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+        pad_token_id=PAD,
+    )
+    sequences = out.sequences
+    assert sequences.shape == (len(rows), input_ids.shape[1] + new)
+    assert torch.equal(sequences[:, : input_ids.shape[1]], input_ids)
+    step_logits = torch.stack(out.logits, dim=1)  # (B, new, V)
+
+    # Full recomputation: one forward over prompt + new tokens, no cache.
+    full_mask = torch.cat([attention_mask, torch.ones(len(rows), new, dtype=torch.long)], dim=1)
+    kwargs = {"prompt_lengths": attention_mask.sum(1)} if position == "before_completion" else {}
+    with torch.no_grad():
+        full = model(sequences, attention_mask=full_mask, rewards=rewards, use_cache=False, **kwargs).logits
+    recomputed = full[:, input_ids.shape[1] - 1 : -1]  # (B, new, V)
+    torch.testing.assert_close(step_logits, recomputed, atol=1e-4, rtol=0)
+    # `min_new_tokens` bans EOS from the processed scores; `output_logits` holds the raw ones.
+    assert torch.equal(
+        sequences[:, input_ids.shape[1] :], recomputed.index_fill(-1, torch.tensor([EOS]), -1e9).argmax(-1)
+    )
+
+    # Batched equals single-row generation.
+    for i, tokens in enumerate(rows):
+        alone = model.generate(
+            torch.tensor([tokens]), rewards=rewards[i : i + 1], max_new_tokens=new, min_new_tokens=new, do_sample=False
+        )
+        assert alone[0, len(tokens) :].tolist() == sequences[i, input_ids.shape[1] :].tolist()
+
+
+@given(arch=st.sampled_from(ARCHS), position=st.sampled_from(["prefix", "before_completion"]), data=st.data())
+def test_reward_matters(arch, position, data):
+    """5. Different rewards give different logits at the first generation step (conditionme's silent regression)."""
+    model = make_model(*arch, reward_position=position)
+    tokens = data.draw(st.lists(st.integers(3, VOCAB - 1), min_size=1, max_size=6))
+    low = data.draw(st.floats(-10, 10, width=32))
+    high = data.draw(st.floats(-10, 10, width=32))
+    assume(abs(high - low) > 0.5)
+    first_step = []
+    for reward in (low, high):
+        out = model.generate(
+            torch.tensor([tokens]),
+            rewards=torch.tensor([reward]),
+            max_new_tokens=1,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        first_step.append(out.logits[0][0])
+    assert (first_step[0] - first_step[1]).abs().max() > 1e-3
+
+
+@given(arch=st.sampled_from(ARCHS), position=st.sampled_from(["prefix", "before_completion"]), data=st.data())
+def test_loss_matches_manual_cross_entropy(arch, position, data):
+    """6. The loss equals a manual cross-entropy over real tokens; exactly one -100 is added per row."""
+    model = make_model(*arch, reward_position=position)
+    batch = data.draw(batches(position))
+    input_ids, kwargs, starts = batch_inputs(model, batch)
+    labels = input_ids.masked_fill(kwargs["attention_mask"] == 0, -100)
+    ignored = torch.tensor(data.draw(st.lists(st.booleans(), min_size=labels.numel(), max_size=labels.numel())))
+    labels = labels.masked_fill(ignored.view_as(labels), -100)
+
+    inputs, reward_index = model.prepare_conditioned_inputs(input_ids, labels=labels, **kwargs)
+    # One -100 at the reward, plus one for a labelled first token that only padding precedes (nothing real predicts
+    # it; ignoring it keeps the loss independent of padding). Every other label is kept in order.
+    after_padding = [
+        starts[i] > 0 and labels[i, starts[i]].item() != -100 and reward_index[i] != starts[i]
+        for i in range(len(batch["rows"]))
+    ]
+    added = (inputs["labels"] == -100).sum(1) - (labels == -100).sum(1)
+    assert added.tolist() == [1 + int(flag) for flag in after_padding]
+    assert (inputs["labels"].gather(1, reward_index[:, None]) == -100).all()
+    for i in range(len(batch["rows"])):
+        kept = torch.cat([inputs["labels"][i, : reward_index[i]], inputs["labels"][i, reward_index[i] + 1 :]])
+        expected = labels[i].clone()
+        if after_padding[i]:
+            expected[starts[i]] = -100
+        assert torch.equal(kept, expected)
+
+    # Manual: each labelled real token is predicted by whatever precedes it in the extended row (reward included).
+    total, count = torch.tensor(0.0), 0
+    for i, tokens in enumerate(batch["rows"]):
+        k = reward_index_in_row(model, tokens, batch["prompt_lengths"][i])
+        base = model.model
+        embeds = base.get_input_embeddings()(torch.tensor(tokens))
+        reward = manual_reward_embedding(model, batch["rewards"][i])
+        extended = torch.cat([embeds[:k], reward[None], embeds[k:]])[None]
+        with torch.no_grad():
+            logits = base(inputs_embeds=extended, position_ids=torch.arange(len(tokens) + 1)[None]).logits[0]
+        for t in range(len(tokens)):
+            label = labels[i, starts[i] + t].item()
+            extended_index = t + (t >= k)
+            if label != -100 and extended_index > 0:
+                total = total + torch.nn.functional.cross_entropy(logits[extended_index - 1], torch.tensor(label))
+                count += 1
+    assume(count > 0)
+    with torch.no_grad():
+        loss = model(input_ids, labels=labels, **kwargs).loss
+        summed = model(input_ids, labels=labels, num_items_in_batch=torch.tensor(7), **kwargs).loss
+    torch.testing.assert_close(loss, total / count, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(summed, total / 7, atol=1e-5, rtol=1e-5)
+
+
+@given(arch=st.sampled_from(ARCHS), position=st.sampled_from(["prefix", "before_completion"]), data=st.data())
+def test_zero_reward_head_is_base_with_shifted_positions(arch, position, data):
+    """7. With a zero reward head, the model is the base model fed one zero embedding, positions shifted by one."""
+    model = make_model(*arch, reward_position=position)
+    zero = RewardConditionedCausalLM(model.config, base=model.model).eval()
+    with torch.no_grad():
+        zero.reward_head.linear.weight.zero_()
+        zero.reward_head.linear.bias.zero_()
+    batch = data.draw(batches(position))
+    input_ids, kwargs, starts = batch_inputs(zero, batch)
+    with torch.no_grad():
+        logits = zero(input_ids, **kwargs).logits
+        other = zero(input_ids, **dict(kwargs, rewards=-3 * kwargs["rewards"] + 1)).logits
+    for i, tokens in enumerate(batch["rows"]):
+        columns = slice(starts[i], starts[i] + len(tokens))
+        torch.testing.assert_close(logits[i, columns], other[i, columns], atol=ATOL, rtol=0)
+        expected = manual_logits(
+            zero,
+            tokens,
+            None,
+            batch["prompt_lengths"][i],
+            reward_embedding=torch.zeros(model.model.config.hidden_size),
+        )
+        torch.testing.assert_close(logits[i, columns], expected, atol=ATOL, rtol=0)
+    # Tokens before the reward are not shifted at all: with the reward after the whole row they match the base.
+    tokens = batch["rows"][0]
+    ids = torch.tensor([tokens])
+    last = RewardConditionedCausalLM.from_base(model.model, reward_position="before_completion").eval()
+    with torch.no_grad():
+        conditioned = last(ids, rewards=torch.tensor([1.0]), prompt_lengths=torch.tensor([len(tokens)])).logits
+        plain = model.model(ids).logits
+    torch.testing.assert_close(conditioned[0, :-1], plain[0, :-1], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_save_load_round_trip(arch, tmp_path):
+    """8. Save/load gives identical logits, also through `AutoModelForCausalLM`; the base loads on its own."""
+    model = make_model(arch, "eager", reward_position="before_completion", num_rewards=2, use_null_reward=True)
+    input_ids, attention_mask, _ = pad_rows([[5, 6, 7], [1, 8, 9, 10, 11]], "left")
+    kwargs = {
+        "attention_mask": attention_mask,
+        "rewards": torch.tensor([[1.0, -2.0], [3.0, 0.5]]),
+        "reward_mask": torch.tensor([[True, False], [True, True]]),
+        "prompt_lengths": torch.tensor([1, 3]),
+    }
+    model.save_pretrained(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["base", "config.json", "reward_head.safetensors"]
+    assert "model.safetensors" in os.listdir(tmp_path / "base")
+
+    for loader in (RewardConditionedCausalLM, AutoModelForCausalLM):
+        loaded = loader.from_pretrained(tmp_path, attn_implementation="eager")
+        assert type(loaded) is RewardConditionedCausalLM
+        assert loaded.config.reward_position == "before_completion"
+        assert loaded.config.num_rewards == 2
+        assert loaded.config.reward_mean == model.config.reward_mean
+        assert loaded.config.reward_std == model.config.reward_std
+        assert loaded.config.use_null_reward
+        with torch.no_grad():
+            assert torch.equal(loaded(input_ids, **kwargs).logits, model(input_ids, **kwargs).logits)
+        assert loaded.reward_head.linear.weight.dtype == torch.float32
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), RewardConditionedCausalLMConfig)
+
+    half = AutoModelForCausalLM.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    assert half.model.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert half.reward_head.linear.weight.dtype == torch.float32
+
+    with pytest.raises(ValueError, match="safetensors"):
+        model.save_pretrained(tmp_path / "pickled", safe_serialization=False)
+
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base", attn_implementation="eager").eval()
+    assert type(base) is type(model.model)
+    with torch.no_grad():
+        assert torch.equal(base(input_ids).logits, model.model(input_ids).logits)
+    tied = base.get_output_embeddings().weight is base.get_input_embeddings().weight
+    assert tied == (arch == "gpt2")
+
+
+def test_from_base_keeps_base_weights():
+    base = make_base("gpt2", seed=3)
+    before = {name: value.clone() for name, value in base.state_dict().items()}
+    model = RewardConditionedCausalLM.from_base(base)
+    assert model.model is base
+    assert base.get_output_embeddings().weight is base.get_input_embeddings().weight
+    for name, value in base.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert model.reward_head.linear.weight.dtype == torch.float32
+
+
+@given(arch=st.sampled_from(ARCHS), num_beams=st.integers(2, 3), data=st.data())
+def test_beam_search_and_num_return_sequences(arch, num_beams, data):
+    """Beams see their own row's reward: each row of a batch gets the beams it gets alone."""
+    model = make_model(*arch)
+    rows, rewards = generation_case(data, "prefix")
+    input_ids, attention_mask, _ = pad_rows(rows, "left")
+    kwargs = dict(max_new_tokens=4, min_new_tokens=4, num_beams=num_beams, num_return_sequences=2, do_sample=False)
+    sequences = model.generate(input_ids, attention_mask=attention_mask, rewards=rewards, pad_token_id=PAD, **kwargs)
+    assert sequences.shape == (2 * len(rows), input_ids.shape[1] + 4)
+    assert torch.equal(sequences[:, : input_ids.shape[1]], input_ids.repeat_interleave(2, dim=0))
+    for i, tokens in enumerate(rows):
+        alone = model.generate(torch.tensor([tokens]), rewards=rewards[i : i + 1], **kwargs)
+        assert alone[:, len(tokens) :].tolist() == sequences[2 * i : 2 * i + 2, input_ids.shape[1] :].tolist()
+
+
+def test_sampling_and_extreme_targets():
+    model = make_model("llama", "sdpa")
+    input_ids, attention_mask, _ = pad_rows([[5, 6], [7, 8, 9]], "left")
+    torch.manual_seed(0)
+    sequences = model.generate(
+        input_ids, attention_mask=attention_mask, rewards=torch.tensor([1e4, -1e4]), max_new_tokens=6, do_sample=True
+    )
+    assert sequences.shape[0] == 2 and sequences.shape[1] <= input_ids.shape[1] + 6
+    with torch.no_grad():
+        logits = model(input_ids, attention_mask=attention_mask, rewards=torch.tensor([1e6, -1e6])).logits
+    assert torch.isfinite(logits).all()
+
+
+def test_null_reward_and_reward_mask():
+    model = make_model("gpt2", "eager", num_rewards=2, use_null_reward=True)
+    input_ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    rewards = torch.tensor([[1.0, float("nan")], [2.0, -1.0]])
+    mask = torch.tensor([[True, False], [True, True]])
+    with torch.no_grad():
+        masked = model(input_ids, rewards=rewards, reward_mask=mask).logits
+        unconditional = model(input_ids).logits
+        all_missing = model(input_ids, rewards=rewards, reward_mask=torch.zeros(2, 2, dtype=torch.bool)).logits
+        full = model(input_ids, rewards=torch.tensor([[1.0, 5.0], [2.0, -1.0]])).logits
+    assert torch.isfinite(masked).all()
+    torch.testing.assert_close(all_missing, unconditional)
+    torch.testing.assert_close(masked[1], full[1])  # row 1 has both rewards
+    assert not torch.allclose(masked[0], full[0])  # row 0's second reward is replaced by the null value
+    null = model.reward_head.null_reward.detach()
+    expected = (
+        model.reward_head.linear.weight @ torch.stack([torch.tensor((1.0 - 0.5) / 2.0), null[1]])
+        + model.reward_head.linear.bias
+    )
+    embedded = model.embed_rewards(rewards, mask, batch_size=2)
+    torch.testing.assert_close(embedded[0], expected.detach())
+    sequences = model.generate(input_ids, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert sequences.shape == (2, 6)
+
+
+def test_gradient_reaches_reward_head_and_base():
+    model = RewardConditionedCausalLM.from_base(make_base("gpt2"), use_null_reward=True)
+    input_ids = torch.tensor([[0, 5, 6, 7], [8, 9, 10, 11]])
+    mask = (input_ids != PAD).long()
+    loss = model(input_ids, attention_mask=mask, rewards=torch.tensor([1.0, 2.0]), labels=input_ids).loss
+    loss.backward()
+    assert model.reward_head.linear.weight.grad.abs().sum() > 0
+    assert model.model.get_input_embeddings().weight.grad.abs().sum() > 0
+
+
+def test_peft_lora_on_inner_model(tmp_path):
+    peft = pytest.importorskip("peft")
+    model = RewardConditionedCausalLM.from_base(make_base("gpt2"))
+    model.save_pretrained(tmp_path / "start")
+    lora = peft.LoraConfig(r=4, target_modules=["c_attn"], modules_to_save=["reward_head"], task_type="CAUSAL_LM")
+    peft_model = peft.get_peft_model(model, lora)
+    trainable = {name for name, param in peft_model.named_parameters() if param.requires_grad}
+    assert any("lora_" in name for name in trainable)
+    assert any("reward_head" in name for name in trainable)
+    assert not any(name.endswith("wte.weight") for name in trainable)
+
+    input_ids = torch.tensor([[0, 5, 6, 7], [8, 9, 10, 11]])
+    kwargs = {"attention_mask": (input_ids != PAD).long(), "rewards": torch.tensor([1.0, -2.0])}
+    optimizer = torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(2):
+        peft_model(input_ids, labels=input_ids, **kwargs).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    peft_model.eval()
+    with torch.no_grad():
+        expected = peft_model(input_ids, **kwargs).logits
+    sequences = peft_model.generate(input_ids=input_ids, max_new_tokens=2, do_sample=False, **kwargs)
+    assert sequences.shape == (2, 6)
+
+    peft_model.save_pretrained(tmp_path / "adapter")
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert any("reward_head" in key for key in saved)
+    reloaded = peft.PeftModel.from_pretrained(
+        RewardConditionedCausalLM.from_pretrained(tmp_path / "start"), tmp_path / "adapter"
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(input_ids, **kwargs).logits, expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad input
+
+
+def error_cases():
+    ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    return [
+        ("prefix", {"rewards": torch.tensor([float("nan"), 1.0])}, "finite"),
+        ("prefix", {"rewards": torch.tensor([float("inf"), 1.0])}, "finite"),
+        ("prefix", {"rewards": torch.tensor([1.0, 2.0, 3.0])}, "shape"),
+        ("prefix", {"rewards": torch.ones(2, 3)}, "shape"),
+        ("prefix", {}, "null reward"),
+        ("prefix", {"rewards": torch.ones(2), "reward_mask": torch.ones(2, dtype=torch.bool)}, "null reward"),
+        ("prefix", {"rewards": torch.ones(2), "position_ids": torch.tensor([[0, 1, 0], [0, 1, 2]])}, "packed"),
+        ("prefix", {"rewards": torch.ones(2), "attention_mask": torch.ones(2, 1, 3, 3)}, "2D padding mask"),
+        ("prefix", {"rewards": torch.ones(2), "prompt_lengths": torch.tensor([1, 1])}, "prompt_lengths"),
+        ("before_completion", {"rewards": torch.ones(2)}, "prompt_lengths"),
+        ("before_completion", {"rewards": torch.ones(2), "prompt_lengths": torch.tensor([1, 4])}, "between 0"),
+        ("before_completion", {"rewards": torch.ones(2), "prompt_lengths": torch.tensor([1])}, "one length per row"),
+        ("prefix", {"rewards": torch.ones(2), "inputs_embeds": torch.zeros(2, 3, 32)}, "not supported"),
+        ("prefix", {"rewards": torch.ones(2), "labels": torch.ones(2, 4, dtype=torch.long)}, "shape of `input_ids`"),
+    ], ids
+
+
+@pytest.mark.parametrize("case", range(len(error_cases()[0])))
+def test_bad_input_raises_clear_error(case):
+    (position, kwargs, message), ids = error_cases()[0][case], error_cases()[1]
+    model = make_model("gpt2", "eager", reward_position=position)
+    with pytest.raises(ValueError, match=message):
+        model(ids, **kwargs)
+
+
+def test_bad_generation_input_and_config():
+    model = make_model("gpt2", "eager")
+    with pytest.raises(ValueError, match="left padded"):
+        model.generate(torch.tensor([[5, 6, 0]]), attention_mask=torch.tensor([[1, 1, 0]]), rewards=torch.ones(1))
+    with pytest.raises(ValueError, match="shape"):
+        model.generate(torch.tensor([[5, 6]]), rewards=torch.ones(2), max_new_tokens=1)
+    with pytest.raises(ValueError, match="reward_position"):
+        RewardConditionedCausalLMConfig(reward_position="suffix")
+    with pytest.raises(ValueError, match="one value per reward"):
+        RewardConditionedCausalLMConfig(num_rewards=2, reward_mean=[0.0])
+    with pytest.raises(ValueError, match="positive"):
+        RewardConditionedCausalLMConfig(reward_std=[0.0])
+
+
+def test_base_without_inputs_embeds_is_rejected_at_construction():
+    class NoEmbedsLM(GPT2LMHeadModel):
+        def forward(self, input_ids=None, attention_mask=None, position_ids=None, labels=None):
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="inputs_embeds"):
+        RewardConditionedCausalLM.from_base(NoEmbedsLM(base_config("gpt2")))
+
+
+def test_bf16_base_keeps_float32_reward_head():
+    model = RewardConditionedCausalLM.from_base(make_base("llama").to(torch.bfloat16))
+    assert model.reward_head.linear.weight.dtype == torch.float32
+    embedded = model.embed_rewards(torch.tensor([1.0, 2.0]), None, batch_size=2)
+    assert embedded.dtype == torch.bfloat16
+    with torch.no_grad():
+        logits = model(torch.tensor([[5, 6, 7], [8, 9, 10]]), rewards=torch.tensor([1.0, 2.0])).logits
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    input_ids = torch.tensor([[0, 5, 6, 7], [8, 9, 10, 11]])
+    kwargs = {"attention_mask": (input_ids != PAD).long(), "rewards": torch.tensor([1.0, -1.0]), "labels": input_ids}
+    grads = []
+    for checkpointing in (False, True):
+        model = RewardConditionedCausalLM.from_base(make_base("llama"))
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model(**kwargs, input_ids=input_ids).loss.backward()
+        grads.append(model.reward_head.linear.weight.grad)
+    torch.testing.assert_close(grads[0], grads[1])
