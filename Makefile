@@ -42,9 +42,10 @@ style: $(TOOLS)/.done
 	$(TOOLS)/bin/ruff check --fix trl_fork tests demo benchmarks
 	$(TOOLS)/bin/ruff format trl_fork tests demo benchmarks
 
-# The conformance tests against the wheel our backend builds, on trl 1.12.0's floors and on the newest transformers.
+# The conformance tests against the wheel our backend builds, on trl 1.12.0's floors and on the newest transformers;
+# then the reward-conditioning patches alone on trl 1.16.0 (the upstream PR).
 test: $(TOOLS)/.done
-	$(TOOLS)/bin/tox run -e py311-tfmin,py311-tflatest --skip-missing-interpreters false
+	$(TOOLS)/bin/tox run -e py311-tfmin,py311-tflatest,py311-trl116 --skip-missing-interpreters false
 
 # DDP x2 and DeepSpeed ZeRO-2/3 on CPU: slow, so not part of `make test`.
 test-distributed: $(TOOLS)/.done
