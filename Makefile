@@ -47,7 +47,7 @@ style: $(TOOLS)/.done
 test: $(TOOLS)/.done
 	$(TOOLS)/bin/tox run -e py311-tfmin,py311-tflatest,py311-trl116 --skip-missing-interpreters false
 
-# DDP x2 and DeepSpeed ZeRO-2/3 on CPU: slow, so not part of `make test`.
+# DDP x2 and DeepSpeed ZeRO-2/3 on CPU, in processes of their own: a separate tox env, run by `make ci`.
 test-distributed: $(TOOLS)/.done
 	$(TOOLS)/bin/tox run -e py311-distributed --skip-missing-interpreters false
 
@@ -55,8 +55,8 @@ test-distributed: $(TOOLS)/.done
 test-trl116: $(TOOLS)/.done
 	$(TOOLS)/bin/tox run -e py311-trl116 --skip-missing-interpreters false
 
-# The README's test command.
-ci: check test
+# The README's test command: lint, the patch set, the matrix, and the multi-process tests (about 2 minutes on CPU).
+ci: quality check test test-distributed
 
 $(DEMO)/.done: requirements/demo.txt patches/series $(wildcard patches/*.patch) upstream.cfg
 	$(PYTHON) -m venv $(DEMO)
