@@ -1,7 +1,7 @@
 """Reward-conditioned generation: train on (prompt, completion, reward) rows, then ask for the reward you want.
 
 Offline, on CPU, in a few minutes: the base model is the tiny GPT-2 of `demo.common` (pretrained on IMDb review
-openings), each training row is the opening of an IMDb review split into an 8-token prompt and a 48-token completion,
+openings), each training row is the opening of an IMDb review split into an 8-token prompt and a 16-token completion,
 and its reward is the VADER sentiment of the completion. `RewardConditionedTrainer` teaches the model
 p(completion | prompt, reward); on held-out prompts we then generate at a low, a middle, a high and an above-maximum
 target and score what comes out with VADER.
@@ -22,10 +22,13 @@ from trl.experimental.reward_conditioning import RewardConditionedConfig, Reward
 
 SEED = 0
 PROMPT_TOKENS = 8
-COMPLETION_TOKENS = 48
-N_TRAIN_ROWS = 8000
+# Short completions and 20,000 rows: at 48 tokens and 8,000 rows (one epoch, lr 1e-3) this tiny model learned no
+# measurable conditioning (mean VADER within noise of +0.2 at every target); at 16 tokens, 20,000 rows and lr 3e-3
+# the high and above-maximum targets came out clearly more positive than the low one, in about the same time.
+COMPLETION_TOKENS = 16
+N_TRAIN_ROWS = 20000
 BATCH_SIZE = 32
-LEARNING_RATE = 1e-3
+LEARNING_RATE = 3e-3
 LOG_EVERY = 50
 N_EVAL_PROMPTS = 200
 N_SHOWN_PROMPTS = 3
