@@ -7,7 +7,7 @@ DEMO := .venv-demo
 TORCH := torch==2.13.0
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: fork export check wheel sdist quality style test test-distributed test-trl116 ci demo bench clean
+.PHONY: fork export check wheel sdist quality style test test-distributed test-trl116 ci demo bench bench-short clean
 
 $(TOOLS)/.done: requirements/tools.txt
 	$(PYTHON) -m venv $(TOOLS)
@@ -72,6 +72,10 @@ demo: $(DEMO)/.done
 
 bench: $(DEMO)/.done
 	$(DEMO)/bin/python -m benchmarks.conditioning_quality
+
+# The same arms in the demo's regime (16-token completions), where the tiny model learns some conditioning on CPU.
+bench-short: $(DEMO)/.done
+	$(DEMO)/bin/python -m benchmarks.conditioning_quality --short --out docs/results/short
 
 clean:
 	rm -rf build dist .tox $(TOOLS) $(DEMO) .cache
