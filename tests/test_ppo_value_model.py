@@ -241,6 +241,15 @@ def test_checkpoints_with_save_only_model(trained_only_model):
         assert type(AutoModelForCausalLM.from_pretrained(checkpoint)).__name__ == "Qwen2ForCausalLM"
 
 
+def test_save_total_limit_rotates_whole_checkpoints(tiny_tokenizer, tmp_path):
+    _, snapshots, _ = train_with_snapshots(
+        tiny_tokenizer, tmp_path, steps=3, save_strategy="steps", save_steps=1, save_total_limit=1
+    )
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-3"]
+    assert not list(tmp_path.glob("*/value_model.tmp")) and not list(tmp_path.glob("value_model*"))
+    assert_state_equal(reload_critic(tmp_path / "checkpoint-3" / "value_model"), snapshots[3])
+
+
 def test_off_saves_exactly_the_policy_files(trained, tmp_path):
     trainer, _, _, out = trained
     trainer.args.save_value_model = False
