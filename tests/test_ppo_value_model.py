@@ -404,3 +404,48 @@ def test_predict_prompt_values_rejects_bad_input(tiny_tokenizer):
         predict_prompt_values(critic, tiny_tokenizer, "a single prompt")
     with pytest.raises(ValueError, match="batch_size"):
         predict_prompt_values(critic, tiny_tokenizer, ["a prompt"], batch_size=0)
+
+
+class PolicySnapshots(TrainerCallback):
+    """Copies the policy's weights at the end of every step."""
+
+    def __init__(self, policy):
+        self.policy = policy
+        self.by_step = {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.by_step[state.global_step] = {name: t.detach().clone() for name, t in self.policy.state_dict().items()}
+
+
+def test_critic_warmup_trains_only_the_critic_for_its_updates(tiny_tokenizer, tmp_path):
+    critic = tiny_critic("gpt2", seed=1)
+    critic_snapshots = CriticSnapshots(critic)
+    trainer = make_trainer(
+        tiny_tokenizer, tmp_path, steps=3, critic=critic, callbacks=[critic_snapshots], critic_warmup_steps=2
+    )
+    policy_snapshots = PolicySnapshots(policy_of(trainer))
+    trainer.add_callback(policy_snapshots)
+    initial_policy, initial_critic = state(policy_of(trainer)), state(critic)
+    trainer.train()
+
+    def changed(before, after):
+        return any(not torch.equal(before[name], after[name]) for name in before)
+
+    for step in (1, 2):
+        assert not changed(initial_policy, policy_snapshots.by_step[step]), step
+    assert changed(initial_policy, policy_snapshots.by_step[3])
+    assert changed(initial_critic, critic_snapshots.by_step[1])
+    assert changed(critic_snapshots.by_step[1], critic_snapshots.by_step[2])
+    # After the warm-up the policy has one Adam step behind it, the critic three
+    steps = {
+        id(p): trainer.optimizer.state[p]["step"]
+        for p in trainer.optimizer.state
+        if "step" in trainer.optimizer.state[p]
+    }
+    assert {int(steps[id(p)]) for p in policy_of(trainer).parameters()} == {1}
+    assert {int(steps[id(p)]) for p in critic.parameters()} == {3}
+
+
+def test_negative_critic_warmup_is_rejected(tiny_tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="critic_warmup_steps"):
+        make_trainer(tiny_tokenizer, tmp_path, critic_warmup_steps=-1)
