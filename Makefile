@@ -35,12 +35,12 @@ sdist: $(TOOLS)/.done
 
 # ruff on our own code only: never on patches/ (their context lines are upstream's).
 quality: $(TOOLS)/.done
-	$(TOOLS)/bin/ruff check trl_fork tests demo benchmarks
-	$(TOOLS)/bin/ruff format --check trl_fork tests demo benchmarks
+	$(TOOLS)/bin/ruff check trl_fork tests demo benchmarks realdata.py
+	$(TOOLS)/bin/ruff format --check trl_fork tests demo benchmarks realdata.py
 
 style: $(TOOLS)/.done
-	$(TOOLS)/bin/ruff check --fix trl_fork tests demo benchmarks
-	$(TOOLS)/bin/ruff format trl_fork tests demo benchmarks
+	$(TOOLS)/bin/ruff check --fix trl_fork tests demo benchmarks realdata.py
+	$(TOOLS)/bin/ruff format trl_fork tests demo benchmarks realdata.py
 
 # The conformance tests against the wheel our backend builds, on trl 1.12.0's floors and on the newest transformers;
 # then the reward-conditioning patches alone on trl 1.16.0 (the upstream PR).
