@@ -295,7 +295,7 @@ def test_push_uploads_the_critic_with_the_policy(trained, recorded_uploads, monk
     assert (tmp_path / "elsewhere" / "value_model" / "model.safetensors").is_file()
 
 
-def test_failed_critic_write_keeps_the_policy_and_leaves_no_value_model(trained, monkeypatch, tmp_path):
+def test_failed_critic_write_keeps_the_policy_and_the_previous_critic(trained, monkeypatch, tmp_path):
     trainer, _, _, _ = trained
     target = tmp_path / "save"
     trainer.save_model(str(target))  # an earlier, complete save into the same folder
@@ -310,7 +310,27 @@ def test_failed_critic_write_keeps_the_policy_and_leaves_no_value_model(trained,
     with pytest.raises(OSError, match="No space left"):
         trainer.save_model(str(target))
     assert_state_equal(AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32), state(policy_of(trainer)))
-    assert sorted(p.name for p in target.iterdir() if "value_model" in p.name) == []
+    # The earlier critic is swapped out only once a new one is complete: it is still there, whole
+    assert sorted(p.name for p in target.iterdir() if "value_model" in p.name) == ["value_model"]
+    assert_state_equal(reload_critic(target / "value_model"), state(critic_of(trainer)))
+
+
+def test_saving_over_a_critic_never_leaves_the_folder_without_one(trained, monkeypatch, tmp_path):
+    trainer, _, _, _ = trained
+    target = tmp_path / "save"
+    trainer.save_model(str(target))
+    seen = []
+    save_pretrained = critic_of(trainer).save_pretrained
+
+    def observed(save_directory, **kwargs):
+        seen.append(sorted(p.name for p in target.iterdir() if "value_model" in p.name))
+        save_pretrained(save_directory, **kwargs)
+
+    monkeypatch.setattr(critic_of(trainer), "save_pretrained", observed)
+    trainer.save_model(str(target))
+    assert seen == [["value_model"]]  # while the new critic is written, the old one is still in place
+    assert sorted(p.name for p in target.iterdir() if "value_model" in p.name) == ["value_model"]
+    assert_state_equal(reload_critic(target / "value_model"), state(critic_of(trainer)))
 
 
 @settings(max_examples=4)

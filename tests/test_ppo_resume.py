@@ -1,0 +1,253 @@
+# Copyright 2020-2026 The HuggingFace Team. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+`PPOTrainer.train(resume_from_checkpoint=...)`: a run resumed at update 6 of 12 ends where the uninterrupted run ends,
+refusals of checkpoints that cannot resume, half-written checkpoints, warm starts and construction errors.
+
+The tolerance: a correct resume lands within float noise of the uninterrupted run, while a run that misses any one of
+the optimizer, the scheduler, the RNG states or the data position ends about 1e-3 away (see
+`benchmarks/bench_ppo_resume.py` for the measured figures).
+"""
+
+import json
+import shutil
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config, GPT2Model
+
+from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+
+WORDS = ["The movie", "A terrible film", "I loved every", "Boring, slow", "The director", "One of the best", "Not"]
+PROMPTS = [f"{a} {b}" for a in WORDS for b in WORDS][:20]  # 20 rows: 5 updates per epoch at batch size 4
+UPDATES, SAVE_AT = 12, 6
+TOLERANCE = 1e-4
+
+
+def tiny(model_class, seed, num_labels=None):
+    config = GPT2Config(
+        vocab_size=320, n_positions=64, n_embd=32, n_layer=2, n_head=2, pad_token_id=0, bos_token_id=1, eos_token_id=2
+    )
+    if num_labels is not None:
+        config.num_labels = num_labels  # `from_config(cfg, num_labels=1)` raises a TypeError
+    torch.manual_seed(seed)
+    return model_class.from_config(config)
+
+
+def make_trainer(tokenizer, output_dir, *, rows=20, policy=None, critic=None, updates=UPDATES, **config_kwargs):
+    config_kwargs = {
+        "save_value_model": True,
+        "save_strategy": "steps",
+        "save_steps": SAVE_AT,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 2,
+        **config_kwargs,
+    }
+    args = PPOConfig(
+        output_dir=str(output_dir),
+        bf16=False,
+        gradient_checkpointing=False,
+        num_sample_generations=0,
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=1,
+        response_length=4,
+        local_rollout_forward_batch_size=4,
+        total_episodes=4 * updates,
+        num_ppo_epochs=2,
+        learning_rate=1e-3,
+        seed=0,
+        **config_kwargs,
+    )
+    dataset = Dataset.from_dict({"input_ids": [tokenizer(prompt)["input_ids"] for prompt in PROMPTS[:rows]]})
+    return PPOTrainer(
+        args=args,
+        processing_class=tokenizer,
+        model=policy if policy is not None else tiny(AutoModelForCausalLM, seed=0),
+        ref_model=tiny(AutoModelForCausalLM, seed=0),
+        reward_model=tiny(AutoModelForSequenceClassification, seed=2, num_labels=1),
+        train_dataset=dataset,
+        value_model=critic if critic is not None else tiny(AutoModelForSequenceClassification, seed=1, num_labels=1),
+    )
+
+
+def weights(trainer):
+    wrapper = trainer.accelerator.unwrap_model(trainer.model)
+    return {
+        **{f"policy.{k}": v.detach().clone() for k, v in wrapper.policy.state_dict().items()},
+        **{f"critic.{k}": v.detach().clone() for k, v in wrapper.value_model.state_dict().items()},
+    }
+
+
+def max_difference(a, b):
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def scores(log_history):
+    return {entry["episode"]: entry["objective/scores"] for entry in log_history if "objective/scores" in entry}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_tokenizer, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ppo-uninterrupted")
+    trainer = make_trainer(tiny_tokenizer, out)
+    initial = weights(trainer)
+    trainer.train()
+    return out, initial, weights(trainer), trainer.state
+
+
+def test_resumed_run_ends_where_the_uninterrupted_run_ends(uninterrupted, tiny_tokenizer, tmp_path):
+    out, initial, final, final_state = uninterrupted
+    assert max_difference(initial, final) > 100 * TOLERANCE  # the run trains
+
+    shutil.copytree(out / f"checkpoint-{SAVE_AT}", tmp_path / f"checkpoint-{SAVE_AT}")
+    trainer = make_trainer(tiny_tokenizer, tmp_path)
+    trainer.train(resume_from_checkpoint=True)
+    assert max_difference(weights(trainer), final) < TOLERANCE
+    assert trainer.state.global_step == final_state.global_step == UPDATES
+    assert trainer.state.episode == final_state.episode
+    # The log history holds the first run's updates, then the resumed ones, with the same rewards
+    assert [entry["episode"] for entry in trainer.state.log_history] == [
+        entry["episode"] for entry in final_state.log_history
+    ]
+    resumed, reference = scores(trainer.state.log_history), scores(final_state.log_history)
+    assert resumed == pytest.approx(reference, abs=TOLERANCE)
+    # ... and its last checkpoint is the uninterrupted run's
+    assert json.loads((tmp_path / f"checkpoint-{UPDATES}" / "trainer_state.json").read_text())["global_step"] == 12
+
+
+def test_warm_start_from_weights_only_is_a_new_run(uninterrupted, tiny_tokenizer, tmp_path):
+    """A new run whose policy and critic start from a checkpoint's weights, with a fresh optimizer and schedule."""
+    out, _, final, _ = uninterrupted
+    checkpoint = out / f"checkpoint-{SAVE_AT}"
+    policy = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    critic = AutoModelForSequenceClassification.from_pretrained(checkpoint / "value_model", dtype=torch.float32)
+    trainer = make_trainer(tiny_tokenizer, tmp_path, policy=policy, critic=critic, updates=UPDATES - SAVE_AT)
+    assert max_difference(weights(trainer), weights_of_checkpoint(checkpoint)) == 0
+    trainer.train()
+    assert trainer.state.global_step == UPDATES - SAVE_AT  # its own counters, from 0
+    # Not a resume: it ends far from the uninterrupted run, which the resume test's tolerance tells apart
+    assert max_difference(weights(trainer), final) > 10 * TOLERANCE
+
+
+def weights_of_checkpoint(checkpoint):
+    policy = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    critic = AutoModelForSequenceClassification.from_pretrained(checkpoint / "value_model", dtype=torch.float32)
+    return {
+        **{f"policy.{k}": v for k, v in policy.state_dict().items()},
+        **{f"critic.{k}": v for k, v in critic.state_dict().items()},
+    }
+
+
+def test_resume_refuses_a_checkpoint_without_critic(uninterrupted, tiny_tokenizer, tmp_path):
+    out, _, _, _ = uninterrupted
+    checkpoint = tmp_path / "checkpoint-6"
+    shutil.copytree(out / "checkpoint-6", checkpoint)
+    shutil.rmtree(checkpoint / "value_model")  # as saved with `save_value_model=False`
+    trainer = make_trainer(tiny_tokenizer, tmp_path / "run")
+    before = weights(trainer)
+    with pytest.raises(ValueError, match=r"value_model/.*save_value_model=True"):
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+    assert max_difference(weights(trainer), before) == 0  # refused before anything was loaded or trained
+    assert trainer.state.global_step == 0
+
+
+def test_resume_refuses_a_checkpoint_without_optimizer(tiny_tokenizer, tmp_path):
+    make_trainer(tiny_tokenizer, tmp_path, updates=2, save_steps=1, save_only_model=True).train()
+    assert not (tmp_path / "checkpoint-1" / "optimizer.pt").exists()
+    trainer = make_trainer(tiny_tokenizer, tmp_path, updates=2, save_steps=1)
+    with pytest.raises(ValueError, match=r"optimizer state.*save_only_model=True"):
+        trainer.train(resume_from_checkpoint=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"per_device_train_batch_size": 4, "gradient_accumulation_steps": 1, "rows": 20}, None),
+        ({"per_device_train_batch_size": 4, "rows": 20}, "batch size"),
+        ({"rows": 16}, "updates per epoch"),
+    ],
+)
+def test_resume_refuses_another_batch_or_dataset_size(uninterrupted, tiny_tokenizer, tmp_path, change, message):
+    out, _, _, _ = uninterrupted
+    trainer = make_trainer(tiny_tokenizer, tmp_path, **change)
+    if message is None:  # the same batch of 4, made of one micro-batch instead of two: still the same data order
+        trainer.train(resume_from_checkpoint=str(out / "checkpoint-6"))
+        return
+    with pytest.raises(ValueError, match=message):
+        trainer.train(resume_from_checkpoint=str(out / "checkpoint-6"))
+
+
+def test_resume_true_skips_a_half_written_checkpoint(uninterrupted, tiny_tokenizer, tmp_path, monkeypatch):
+    out, _, _, _ = uninterrupted
+    shutil.copytree(out / "checkpoint-6", tmp_path / "checkpoint-6")
+    # checkpoint-9 was being written when the run died: the critic write failed, so no trainer state was written
+    trainer = make_trainer(tiny_tokenizer, tmp_path / "crashed", updates=9, save_steps=3)
+    critic = trainer.accelerator.unwrap_model(trainer.model).value_model
+    calls = []
+
+    def fail_at_the_third_save(save_directory, **kwargs):
+        calls.append(save_directory)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return type(critic).save_pretrained(critic, save_directory, **kwargs)
+
+    monkeypatch.setattr(critic, "save_pretrained", fail_at_the_third_save)
+    with pytest.raises(OSError, match="No space left"):
+        trainer.train()
+    half_written = tmp_path / "crashed" / "checkpoint-9"
+    assert (half_written / "model.safetensors").is_file()
+    assert not (half_written / "trainer_state.json").exists()
+    shutil.copytree(half_written, tmp_path / "checkpoint-9")
+
+    resumed = make_trainer(tiny_tokenizer, tmp_path)
+    with pytest.raises(ValueError, match="not a complete checkpoint"):
+        resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-9"))
+    resumed = make_trainer(tiny_tokenizer, tmp_path)
+    loaded = []
+    monkeypatch.setattr(resumed, "_load_rng_state", lambda checkpoint: loaded.append(checkpoint))
+    monkeypatch.setattr(resumed, "_save_checkpoint", lambda *args, **kwargs: None)
+    monkeypatch.setattr(resumed.args, "num_total_batches", SAVE_AT)  # stop right after loading
+    resumed.train(resume_from_checkpoint=True)
+    assert loaded == [str(tmp_path / "checkpoint-6")]
+
+
+def test_resume_true_without_any_complete_checkpoint_is_refused(tiny_tokenizer, tmp_path):
+    (tmp_path / "checkpoint-3").mkdir()  # half-written
+    with pytest.raises(ValueError, match="no complete checkpoint"):
+        make_trainer(tiny_tokenizer, tmp_path).train(resume_from_checkpoint=True)
+
+
+@pytest.mark.parametrize(("rows", "message"), [(0, "empty"), (3, "3 rows.*batch_size.* = 4")])
+def test_too_small_dataset_is_rejected_at_construction(tiny_tokenizer, tmp_path, rows, message):
+    with pytest.raises(ValueError, match=message):
+        make_trainer(tiny_tokenizer, tmp_path, rows=rows)
+
+
+class CriticWithoutScore(torch.nn.Module):
+    base_model_prefix = "backbone"
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = GPT2Model(GPT2Config(vocab_size=320, n_positions=64, n_embd=32, n_layer=2, n_head=2))
+
+
+@pytest.mark.parametrize("save_value_model", [True, False])
+def test_critic_without_score_head_is_rejected_at_construction(tiny_tokenizer, tmp_path, save_value_model):
+    with pytest.raises(ValueError, match="`score` head"):
+        make_trainer(tiny_tokenizer, tmp_path, critic=CriticWithoutScore(), save_value_model=save_value_model)
