@@ -8,13 +8,15 @@ the reward-conditioning patch.
 """
 
 import functools
+import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import assume, given
-from safetensors import safe_open
 from hypothesis import strategies as st
+from safetensors import safe_open
 
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -22,17 +24,24 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
     GPT2Config,
     GPT2LMHeadModel,
     GPTJConfig,
     GPTNeoXConfig,
     LlamaConfig,
+    LogitsProcessorList,
+    MinNewTokensLengthLogitsProcessor,
+    NoRepeatNGramLogitsProcessor,
+    PreTrainedModel,
+    RepetitionPenaltyLogitsProcessor,
 )
 
 from trl.experimental.reward_conditioning import (
     RewardConditionedCausalLM,
     RewardConditionedCausalLMConfig,
 )
+from trl.experimental.reward_conditioning.configuration_reward_conditioning import check_reward_stats
 
 
 PAD, BOS, EOS = 0, 1, 2
@@ -431,7 +440,7 @@ def test_save_load_round_trip(arch, tmp_path):
     model.save_pretrained(tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["config.json", "generation_config.json", "model.safetensors"]
     with safe_open(tmp_path / "model.safetensors", "pt") as weights:
-        assert {key.split(".")[0] for key in weights.keys()} == {"model", "reward_head"}
+        assert {key.split(".")[0] for key in weights.keys()} == {"model", "reward_head"}  # noqa: SIM118
     model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
     assert "model.safetensors.index.json" in os.listdir(tmp_path / "sharded")
 
@@ -652,3 +661,156 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         model(**kwargs, input_ids=input_ids).loss.backward()
         grads.append(model.reward_head.linear.weight.grad)
     torch.testing.assert_close(grads[0], grads[1])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Standard checkpoint, transformers' generate semantics, safe saves and input checks
+
+
+def test_old_layout_is_refused_with_a_recipe(tmp_path):
+    old = {"model_type": "reward_conditioned", "base_config": base_config("gpt2").to_dict(), "num_rewards": 1}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="old layout"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+@torch.no_grad()
+def manual_greedy(model, input_ids, rewards, processors, new):
+    """Greedy decoding by full recomputation, with `processors` applied to the whole sequence (prompt included)."""
+    sequences = input_ids
+    for _ in range(new):
+        scores = model(sequences, rewards=rewards).logits[:, -1]
+        scores = processors(sequences, scores)
+        sequences = torch.cat([sequences, scores.argmax(-1, keepdim=True)], dim=1)
+    return sequences
+
+
+@pytest.mark.parametrize("position", ["prefix", "before_completion"])
+@pytest.mark.parametrize(
+    "option, processor",
+    [
+        ({"repetition_penalty": 50.0}, lambda T: RepetitionPenaltyLogitsProcessor(50.0)),
+        ({"no_repeat_ngram_size": 1}, lambda T: NoRepeatNGramLogitsProcessor(1)),
+        ({"min_new_tokens": 4}, lambda T: MinNewTokensLengthLogitsProcessor(T, 4, EOS)),
+    ],
+)
+def test_generate_processors_see_the_prompt(position, option, processor):
+    model = make_model("gpt2", "eager", reward_position=position)
+    input_ids, rewards = torch.tensor([[5, 6, 7, 5, 6, 7]]), torch.tensor([2.0])
+    kwargs = {"rewards": rewards, "max_new_tokens": 4, "do_sample": False, "pad_token_id": PAD, "eos_token_id": EOS}
+    sequences = model.generate(input_ids, **kwargs, **option)
+    if position == "before_completion":  # the reference needs the prompt length the model uses at generation time
+        model_call = functools.partial(model, prompt_lengths=torch.tensor([6]))
+    else:
+        model_call = model
+    expected = manual_greedy(model_call, input_ids, rewards, LogitsProcessorList([processor(6)]), 4)
+    assert sequences.tolist() == expected[:, : sequences.shape[1]].tolist()
+    if "no_repeat_ngram_size" in option:
+        assert not set(sequences[0, 6:].tolist()) & {5, 6, 7}
+
+
+def test_generate_counts_the_prompt_and_honours_generation_config():
+    model = RewardConditionedCausalLM.from_base(make_base("gpt2"))
+    prompt = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    assert model.generate(prompt, rewards=torch.ones(1), max_length=8, min_length=8).shape == (1, 8)
+    model.generation_config.max_new_tokens = 2
+    assert model.generate(prompt, rewards=torch.ones(1)).shape == (1, 8)
+    base = make_base("gpt2")
+    base.generation_config.max_new_tokens = 3
+    assert RewardConditionedCausalLM.from_base(base).generate(prompt, rewards=torch.ones(1)).shape == (1, 9)
+
+
+def test_generate_stop_strings(tiny_tokenizer):
+    model = make_model("llama", "eager")
+    prompt = torch.tensor([tiny_tokenizer("The movie was")["input_ids"]])
+    kwargs = {"rewards": torch.tensor([1.0]), "do_sample": False, "pad_token_id": PAD, "eos_token_id": EOS}
+    full = model.generate(prompt, max_new_tokens=8, min_new_tokens=8, **kwargs)
+    new = [tiny_tokenizer.decode(token) for token in full[0, prompt.shape[1] :]]
+    first = next(i for i, text in enumerate(new) if text.strip().isalnum())
+    stopped = model.generate(prompt, max_new_tokens=8, stop_strings=new[first], tokenizer=tiny_tokenizer, **kwargs)
+    assert stopped.tolist() == full[:, : prompt.shape[1] + first + 1].tolist()
+
+
+def test_sampling_matches_the_base_semantics():
+    """Seeded sampling equals sampling by hand from the same processed scores."""
+    model = make_model("gpt2", "eager")
+    input_ids, rewards = torch.tensor([[5, 6, 7]]), torch.tensor([1.0])
+    torch.manual_seed(3)
+    sequences = model.generate(input_ids, rewards=rewards, do_sample=True, top_k=0, max_new_tokens=4, pad_token_id=PAD)
+    torch.manual_seed(3)
+    expected = input_ids
+    with torch.no_grad():
+        for _ in range(4):
+            probs = model(expected, rewards=rewards).logits[:, -1].softmax(-1)
+            expected = torch.cat([expected, torch.multinomial(probs, 1)], dim=1)
+    assert sequences.tolist() == expected[:, : sequences.shape[1]].tolist()
+
+
+def test_save_into_a_model_folder_replaces_it_or_leaves_it_untouched(tmp_path, monkeypatch):
+    old = RewardConditionedCausalLM.from_base(make_base("gpt2", seed=1))
+    old.save_pretrained(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "tokenizer.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()}
+    new = RewardConditionedCausalLM.from_base(make_base("gpt2", seed=2))
+
+    def fail_midway(self, save_directory, *args, **kwargs):
+        (Path(save_directory) / "config.json").write_text("{}")
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PreTrainedModel, "save_pretrained", fail_midway)
+        with pytest.raises(OSError, match="disk full"):
+            new.save_pretrained(tmp_path / "ckpt")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()} == before
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # no temporary folder left behind
+
+    new.save_pretrained(tmp_path / "ckpt")
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+    assert (tmp_path / "ckpt" / "tokenizer.json").read_text() == "{}"  # not the model's: kept
+    loaded = RewardConditionedCausalLM.from_pretrained(tmp_path / "ckpt")
+    for name, value in new.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+
+
+def input_check_cases():
+    ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    return [
+        ("prefix", {"rewards": torch.tensor([1e39, 0.0], dtype=torch.float64)}, "finite after normalization"),
+        ("prefix", {"rewards": torch.tensor([True, False])}, "real numbers"),
+        ("prefix", {"rewards": torch.tensor([1 + 1j, 0j])}, "real numbers"),
+        ("prefix", {"rewards": [1.0, None]}, "must hold numbers"),
+        ("prefix", {"rewards": [1.0, "high"]}, "must hold numbers"),
+        ("before_completion", {"rewards": torch.ones(2), "prompt_lengths": torch.tensor([1.5, 2.0])}, "integers"),
+        ("prefix", {"rewards": torch.ones(2), "input_ids": torch.full((2, 64), 5)}, "at most 63 tokens"),
+    ], ids
+
+
+@pytest.mark.parametrize("case", range(len(input_check_cases()[0])))
+def test_model_input_checks(case):
+    (position, kwargs, message), ids = input_check_cases()[0][case], input_check_cases()[1]
+    model = make_model("gpt2", "eager", reward_position=position)
+    kwargs = {"input_ids": ids, **kwargs}
+    with pytest.raises(ValueError, match=message), torch.no_grad():
+        model(**kwargs)
+
+
+def test_reward_stats_checks():
+    with pytest.raises(ValueError, match="at least"):
+        RewardConditionedCausalLM.from_base(make_base("gpt2"), reward_std=[1e-46])
+    with pytest.raises(TypeError, match=r"reward_mean=\[0.1\]"):
+        RewardConditionedCausalLM.from_base(make_base("gpt2"), reward_mean=0.1)
+    for bad in ([None], ["0.5"], [True], [1e39]):
+        with pytest.raises(ValueError, match="reward_mean"):
+            check_reward_stats(bad, None, 1)
+    # Stats assigned after construction are checked when used
+    model = RewardConditionedCausalLM.from_base(make_base("gpt2"))
+    model.config.reward_std = [1e-46]
+    with pytest.raises(ValueError, match="at least"):
+        model(torch.tensor([[5, 6]]), rewards=torch.ones(1))
+
+
+def test_sequence_classification_base_is_rejected():
+    config = base_config("gpt2")
+    config.num_labels = 1
+    with pytest.raises(ValueError, match="language-modeling head"):
+        RewardConditionedCausalLM.from_base(AutoModelForSequenceClassification.from_config(config))
