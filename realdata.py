@@ -11,12 +11,15 @@ Everything trained here is cached under `CACHE_DIR`, so nothing is ever download
 import csv
 import functools
 import importlib.resources
+import json
+import math
 import os
 import pickle
 import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,19 +37,20 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 CACHE_DIR = Path(os.environ.get("TRL_FORK_CACHE", ".cache/trl-fork"))
 
-SENTIMENT_VERSION = 1  # bump with any change to `_train_sentiment_classifier`
+SENTIMENT_VERSION = 1  # bump with any change to `fit_sentiment_classifier`
 
 # Tiny GPT-2 recipe. Changing any of these changes the cached model, so bump `TINY_LM_VERSION` with them.
-TINY_LM_VERSION = 1
+TINY_LM_VERSION = 2
 VOCAB_SIZE = 4096
 N_LAYER = 4
 N_EMBD = 128
 N_HEAD = 4
 N_POSITIONS = 128
-PRETRAIN_BLOCK = 64  # tokens per training example: the opening of one review
+PRETRAIN_BLOCK = 32  # tokens per training example: the opening of one review (prompts + completions are shorter)
 PRETRAIN_BATCH = 32
-PRETRAIN_STEPS = 400
-PRETRAIN_LR = 1e-3
+PRETRAIN_STEPS = 1200  # about 1.6 epochs of the training openings; ~5 min on one free core
+PRETRAIN_LR = 2e-3
+PRETRAIN_EVAL_TEXTS = 500  # held-out test reviews whose openings give the perplexity in `pretraining.json`
 PAD_TOKEN = "<pad>"
 EOS_TOKEN = "<eos>"
 
@@ -100,14 +104,19 @@ def vader(texts: list[str]) -> list[float]:
     return [analyzer.polarity_scores(text)["compound"] for text in texts]
 
 
-def _train_sentiment_classifier(n_test: int, seed: int):
-    """TF-IDF (word 1-2 grams) + logistic regression on the labels of the training reviews of `train_test_reviews`."""
+def labelled_train_reviews(n_test: int = 1000, seed: int = 0) -> tuple[list[str], list[int]]:
+    """The texts and labels (1 = positive) of every review not in the test split of `train_test_reviews`."""
+    test = set(train_test_reviews(n_test, seed)[1])
+    texts, labels = zip(*[(text, label) for text, label in _imdb_rows() if text not in test], strict=True)
+    return list(texts), list(labels)
+
+
+def fit_sentiment_classifier(texts: list[str], labels: list[int]):
+    """TF-IDF (word 1-2 grams) + logistic regression (scikit-learn), fitted on `texts` and their labels."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    test = set(train_test_reviews(n_test, seed)[1])
-    texts, labels = zip(*[(text, label) for text, label in _imdb_rows() if text not in test], strict=True)
     classifier = make_pipeline(
         TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=200_000, sublinear_tf=True),
         LogisticRegression(C=4.0, max_iter=1000),
@@ -122,7 +131,7 @@ def sentiment_classifier(n_test: int = 1000, seed: int = 0):
     path = CACHE_DIR / f"imdb-tfidf-logreg-v{SENTIMENT_VERSION}-test{n_test}-seed{seed}.pkl"
     if not path.exists():
         start = time.time()
-        classifier = _train_sentiment_classifier(n_test, seed)
+        classifier = fit_sentiment_classifier(*labelled_train_reviews(n_test, seed))
         print(f"Trained the IMDb sentiment classifier in {time.time() - start:.0f}s; cached in {path}", flush=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
@@ -175,12 +184,12 @@ def _wrap_tokenizer(backend: Tokenizer) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def _train_tokenizer(texts: list[str]) -> Tokenizer:
+def _train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE) -> Tokenizer:
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=vocab_size,
         special_tokens=[PAD_TOKEN, EOS_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -189,42 +198,86 @@ def _train_tokenizer(texts: list[str]) -> Tokenizer:
     return backend
 
 
-def _pretrain(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], seed: int) -> None:
-    """Train on review openings: each example is the first `PRETRAIN_BLOCK` tokens of one review (plus EOS if shorter)."""
+def train_tokenizer(texts: list[str], vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerBase:
+    """A byte-level BPE tokenizer trained on `texts`, with `tiny_lm`'s special tokens and left padding."""
+    return _wrap_tokenizer(_train_tokenizer(texts, vocab_size))
+
+
+def _opening_batch(rows: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    input_ids = torch.full((len(rows), max(len(row) for row in rows)), pad_token_id)  # (B, T), right padded
+    attention_mask = torch.zeros_like(input_ids)
+    for i, tokens in enumerate(rows):
+        input_ids[i, : len(tokens)] = torch.tensor(tokens)
+        attention_mask[i, : len(tokens)] = 1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": input_ids.masked_fill(attention_mask == 0, -100),
+    }
+
+
+def _openings(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """The first `PRETRAIN_BLOCK` tokens of each text (plus EOS if shorter)."""
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [(row + [tokenizer.eos_token_id])[:PRETRAIN_BLOCK] for row in ids]
+
+
+@torch.no_grad()
+def opening_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> float:
+    """Perplexity of `model` on the openings (first `PRETRAIN_BLOCK` tokens) of `texts`."""
+    model.eval()
+    nll, n_tokens = 0.0, 0
+    rows = _openings(tokenizer, texts)
+    for i in range(0, len(rows), 64):
+        batch = _opening_batch(rows[i : i + 64], tokenizer.pad_token_id)
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        nll += model(**batch).loss.item() * n
+        n_tokens += n
+    return float(torch.tensor(nll / n_tokens).exp())
+
+
+def _pretrain(
+    model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerBase, train: list[str], test: list[str], seed: int
+):
+    """Train on review openings, reshuffled every epoch; returns the log (held-out perplexity every 200 steps)."""
     generator = torch.Generator().manual_seed(seed)
-    n_examples = PRETRAIN_STEPS * PRETRAIN_BATCH
-    order = torch.randperm(len(texts), generator=generator)[:n_examples].tolist()
-    ids = tokenizer([texts[i] for i in order], add_special_tokens=False)["input_ids"]
-    ids = [(row + [tokenizer.eos_token_id])[:PRETRAIN_BLOCK] for row in ids]
+    rows = _openings(tokenizer, train)
+    order = []
+    while len(order) < PRETRAIN_STEPS * PRETRAIN_BATCH:
+        order += torch.randperm(len(rows), generator=generator).tolist()
+    held_out = test[:PRETRAIN_EVAL_TEXTS]
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR, weight_decay=0.01)
-    warmup = PRETRAIN_STEPS // 10
+    warmup = PRETRAIN_STEPS // 20
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / warmup, (PRETRAIN_STEPS - step) / (PRETRAIN_STEPS - warmup))
+        optimizer,
+        lambda step: min((step + 1) / warmup, 0.5 * (1 + math.cos(math.pi * step / PRETRAIN_STEPS))),
     )
-    model.train()
+    log = {"steps": [], "held_out_perplexity": [], "seconds": []}
     start = time.time()
     for step in range(PRETRAIN_STEPS):
-        batch = ids[step * PRETRAIN_BATCH : (step + 1) * PRETRAIN_BATCH]
-        input_ids = torch.full((len(batch), PRETRAIN_BLOCK), tokenizer.pad_token_id)  # (B, T), right padded
-        attention_mask = torch.zeros_like(input_ids)
-        for row, tokens in enumerate(batch):
-            input_ids[row, : len(tokens)] = torch.tensor(tokens)
-            attention_mask[row, : len(tokens)] = 1
-        labels = input_ids.masked_fill(attention_mask == 0, -100)
-        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        model.train()
+        batch = _opening_batch(
+            [rows[i] for i in order[step * PRETRAIN_BATCH : (step + 1) * PRETRAIN_BATCH]], tokenizer.pad_token_id
+        )
+        loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
-        if (step + 1) % 50 == 0 or step == 0:
+        if (step + 1) % 200 == 0 or step + 1 == PRETRAIN_STEPS:
+            perplexity = opening_perplexity(model, tokenizer, held_out)
+            log["steps"].append(step + 1)
+            log["held_out_perplexity"].append(perplexity)
+            log["seconds"].append(round(time.time() - start, 1))
             print(
                 f"  pretraining tiny GPT-2: step {step + 1}/{PRETRAIN_STEPS}, loss {loss.item():.3f}, "
-                f"{time.time() - start:.0f}s",
+                f"held-out perplexity {perplexity:.1f}, {time.time() - start:.0f}s",
                 flush=True,
             )
     model.eval()
+    return log
 
 
 def tiny_lm(seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -238,20 +291,21 @@ def tiny_lm(seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     path = CACHE_DIR / f"tiny-gpt2-v{TINY_LM_VERSION}-seed{seed}"
     if not path.is_dir():
         print(f"Building the tiny GPT-2 (seed {seed}) once; it is cached in {path}", flush=True)
-        train, _ = train_test_reviews()
+        train, test = train_test_reviews()
         start = time.time()
         backend = _train_tokenizer(train)
         print(f"  trained a {backend.get_vocab_size()}-token BPE tokenizer in {time.time() - start:.0f}s", flush=True)
         tokenizer = _wrap_tokenizer(backend)
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(_tiny_config(tokenizer))
-        _pretrain(model, tokenizer, train, seed)
+        log = _pretrain(model, tokenizer, train, test, seed)
         # Write into a temporary directory and rename it, so an interrupted build never looks like a cached model.
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
         try:
             backend.save(str(tmp / "tokenizer.json"))
             save_model(model, str(tmp / "model.safetensors"))
+            (tmp / "pretraining.json").write_text(json.dumps(log, indent=2) + "\n")
             tmp.rename(path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -263,13 +317,23 @@ def tiny_lm(seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     return model, tokenizer
 
 
+def pretraining_log(seed: int = 0) -> dict:
+    """The held-out perplexity log of `tiny_lm(seed)`'s pretraining (steps, perplexity, seconds); builds it if needed."""
+    tiny_lm(seed)
+    return json.loads((CACHE_DIR / f"tiny-gpt2-v{TINY_LM_VERSION}-seed{seed}" / "pretraining.json").read_text())
+
+
 def prompt_completion_reward(
-    tokenizer: PreTrainedTokenizerBase, reviews: list[str], prompt_tokens: int = 8, completion_tokens: int = 48
+    tokenizer: PreTrainedTokenizerBase,
+    reviews: list[str],
+    prompt_tokens: int = 8,
+    completion_tokens: int = 48,
+    score: Callable[[list[str]], list[float]] = vader,
 ) -> list[dict]:
-    """Split each review into a prompt and a completion and score the completion with VADER.
+    """Split each review into a prompt and a completion and score the completion with `score` (default VADER).
 
     The prompt is the text of the review's first `prompt_tokens` tokens, the completion the text of the next (at most)
-    `completion_tokens` tokens, and the reward the VADER compound score of exactly the completion text. Reviews too
+    `completion_tokens` tokens, and the reward the score of exactly the completion text. Reviews too
     short to have a completion are skipped.
 
     Returns:
@@ -290,6 +354,6 @@ def prompt_completion_reward(
                 "completion": tokenizer.decode(ids[prompt_tokens : prompt_tokens + completion_tokens]),
             }
         )
-    for row, reward in zip(rows, vader([row["completion"] for row in rows]), strict=True):
+    for row, reward in zip(rows, score([row["completion"] for row in rows]), strict=True):
         row["reward"] = reward
     return rows
