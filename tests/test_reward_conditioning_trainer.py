@@ -12,9 +12,9 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Conformance tests for `RewardConditionedTrainer` and `RewardConditionedConfig` (issue 5, trainer half).
+"""Tests for `RewardConditionedTrainer` and `RewardConditionedConfig`.
 
-Everything runs on a tiny GPT-2 built from a config and the session `tiny_tokenizer`; training runs are a few steps.
+Everything runs on the tiny GPT-2 of the `tiny_causal_lm` fixture and `tiny_tokenizer`; training runs are a few steps.
 """
 
 import copy
@@ -25,7 +25,6 @@ import torch
 from datasets import Dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from trl.experimental.reward_conditioning import (
     RewardConditionedCausalLM,
@@ -40,24 +39,6 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<bos>{{ m['role'] }}:\n{{ m['content'] }}<eos>{% endfor %}"
     "{% if add_generation_prompt %}<bos>assistant:\n{% endif %}"
 )
-
-
-def tiny_gpt2(tokenizer, seed=0, n_positions=64):
-    torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=n_positions,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return GPT2LMHeadModel(config)
 
 
 def make_dataset(n, rewards=None):
@@ -122,7 +103,7 @@ text = st.text(alphabet="abcdefghij klmnop,.!", min_size=1, max_size=30)
     reward_position=st.sampled_from(["prefix", "before_completion"]),
 )
 def test_tokenization_layout(
-    tiny_tokenizer, out_dir, prompts, completion, max_length, completion_only_loss, reward_position
+    tiny_causal_lm, tiny_tokenizer, out_dir, prompts, completion, max_length, completion_only_loss, reward_position
 ):
     rewards = [float(i) for i in range(len(prompts))]
     dataset = Dataset.from_dict({"prompt": prompts, "completion": [completion] * len(prompts), "reward": rewards})
@@ -134,7 +115,7 @@ def test_tokenization_layout(
         reward_position=reward_position,
     )
     trainer = RewardConditionedTrainer(
-        tiny_gpt2(tiny_tokenizer, n_positions=128), args, train_dataset=dataset, processing_class=tiny_tokenizer
+        tiny_causal_lm(n_positions=128), args, train_dataset=dataset, processing_class=tiny_tokenizer
     )
     completion_ids = tiny_tokenizer(completion, add_special_tokens=False)["input_ids"] + [tiny_tokenizer.eos_token_id]
     for i, row in enumerate(trainer.train_dataset):
@@ -159,7 +140,7 @@ def test_tokenization_layout(
     data=st.data(),
 )
 def test_collator_pads_right_and_keeps_rewards(lengths, num_rewards, return_prompt_lengths, data):
-    from trl.experimental.reward_conditioning.reward_conditioned_trainer import DataCollatorForRewardConditioning
+    from trl.experimental.reward_conditioning.reward_conditioning_trainer import DataCollatorForRewardConditioning
 
     examples = []
     for length in lengths:
@@ -190,9 +171,9 @@ def test_collator_pads_right_and_keeps_rewards(lengths, num_rewards, return_prom
         st.lists(st.floats(-100, 100, allow_nan=False, width=32), min_size=2, max_size=2), min_size=3, max_size=20
     ).filter(lambda rows: all(len({row[k] for row in rows}) > 1 for k in range(2)))
 )
-def test_normalization_stats_fitted_on_train_set(tiny_tokenizer, out_dir, rewards):
+def test_normalization_stats_fitted_on_train_set(tiny_causal_lm, tiny_tokenizer, out_dir, rewards):
     trainer = RewardConditionedTrainer(
-        tiny_gpt2(tiny_tokenizer),
+        tiny_causal_lm(),
         make_args(out_dir),
         train_dataset=make_dataset(len(rewards), rewards),
         processing_class=tiny_tokenizer,
@@ -204,8 +185,8 @@ def test_normalization_stats_fitted_on_train_set(tiny_tokenizer, out_dir, reward
     torch.testing.assert_close(torch.tensor(config.reward_std, dtype=torch.float64), data.std(0, unbiased=False))
 
 
-def test_normalize_rewards_false_keeps_model_stats(tiny_tokenizer, tmp_path):
-    model = RewardConditionedCausalLM.from_base(tiny_gpt2(tiny_tokenizer), num_rewards=1)
+def test_normalize_rewards_false_keeps_model_stats(tiny_causal_lm, tiny_tokenizer, tmp_path):
+    model = RewardConditionedCausalLM.from_base(tiny_causal_lm(), num_rewards=1)
     before = (list(model.config.reward_mean), list(model.config.reward_std))
     trainer = RewardConditionedTrainer(
         model,
@@ -222,10 +203,10 @@ def test_normalize_rewards_false_keeps_model_stats(tiny_tokenizer, tmp_path):
 
 
 @pytest.mark.parametrize("reward_position", ["prefix", "before_completion"])
-def test_training_loss_decreases_and_all_parts_learn(tiny_tokenizer, tmp_path, reward_position):
+def test_training_loss_decreases_and_all_parts_learn(tiny_causal_lm, tiny_tokenizer, tmp_path, reward_position):
     args = make_args(tmp_path, max_steps=25, learning_rate=3e-3, reward_position=reward_position)
     trainer = RewardConditionedTrainer(
-        tiny_gpt2(tiny_tokenizer), args, train_dataset=make_dataset(16), processing_class=tiny_tokenizer
+        tiny_causal_lm(), args, train_dataset=make_dataset(16), processing_class=tiny_tokenizer
     )
     assert trainer.model.config.reward_position == reward_position
     before = {name: param.detach().clone() for name, param in trainer.model.named_parameters()}
@@ -244,7 +225,9 @@ def test_training_loss_decreases_and_all_parts_learn(tiny_tokenizer, tmp_path, r
     seed=st.integers(0, 9),
     remove_unused_columns=st.booleans(),
 )
-def test_reward_column_reaches_the_model(tiny_tokenizer, out_dir, rewards, seed, remove_unused_columns):
+def test_reward_column_reaches_the_model(
+    tiny_causal_lm, tiny_tokenizer, out_dir, rewards, seed, remove_unused_columns
+):
     """Whatever `remove_unused_columns` says (Trainer's default is on), each row's raw reward reaches the forward."""
     args = make_args(
         out_dir,
@@ -255,7 +238,7 @@ def test_reward_column_reaches_the_model(tiny_tokenizer, out_dir, rewards, seed,
         normalize_rewards=False,  # rewards may be constant here
     )
     trainer = RewardConditionedTrainer(
-        tiny_gpt2(tiny_tokenizer), args, train_dataset=make_dataset(6, rewards), processing_class=tiny_tokenizer
+        tiny_causal_lm(), args, train_dataset=make_dataset(6, rewards), processing_class=tiny_tokenizer
     )
     spy = ForwardSpy(trainer.model)
     trainer.train()
@@ -263,12 +246,10 @@ def test_reward_column_reaches_the_model(tiny_tokenizer, out_dir, rewards, seed,
     torch.testing.assert_close(seen.sort().values, torch.tensor(rewards).sort().values)
 
 
-def test_prompt_lengths_reach_the_model(tiny_tokenizer, tmp_path):
+def test_prompt_lengths_reach_the_model(tiny_causal_lm, tiny_tokenizer, tmp_path):
     args = make_args(tmp_path, per_device_train_batch_size=6, max_steps=1, reward_position="before_completion")
     dataset = make_dataset(6)
-    trainer = RewardConditionedTrainer(
-        tiny_gpt2(tiny_tokenizer), args, train_dataset=dataset, processing_class=tiny_tokenizer
-    )
+    trainer = RewardConditionedTrainer(tiny_causal_lm(), args, train_dataset=dataset, processing_class=tiny_tokenizer)
     spy = ForwardSpy(trainer.model)
     trainer.train()
     (kwargs, _), *_ = spy.calls
@@ -276,7 +257,7 @@ def test_prompt_lengths_reach_the_model(tiny_tokenizer, tmp_path):
     assert set(kwargs["prompt_lengths"].tolist()) == expected
 
 
-def _one_sgd_step(tokenizer, tmp_path, dataset, batch_size, accumulation, **kwargs):
+def _one_sgd_step(model, tokenizer, tmp_path, dataset, batch_size, accumulation, **kwargs):
     args = make_args(
         tmp_path,
         per_device_train_batch_size=batch_size,
@@ -288,7 +269,7 @@ def _one_sgd_step(tokenizer, tmp_path, dataset, batch_size, accumulation, **kwar
         max_grad_norm=0.0,
         **kwargs,
     )
-    trainer = RewardConditionedTrainer(tiny_gpt2(tokenizer), args, train_dataset=dataset, processing_class=tokenizer)
+    trainer = RewardConditionedTrainer(model, args, train_dataset=dataset, processing_class=tokenizer)
     before = {name: param.detach().clone() for name, param in trainer.model.named_parameters()}
     with torch.no_grad():  # the model's own mean over the tokens it predicts, whole dataset in one batch
         reference = trainer.model(**trainer.data_collator(list(trainer.train_dataset))).loss.item()
@@ -307,7 +288,7 @@ def _one_sgd_step(tokenizer, tmp_path, dataset, batch_size, accumulation, **kwar
     completion_only_loss=st.booleans(),
 )
 def test_gradient_accumulation_matches_large_batch(
-    tiny_tokenizer, out_dir, completion_lengths, reward_position, completion_only_loss
+    tiny_causal_lm, tiny_tokenizer, out_dir, completion_lengths, reward_position, completion_only_loss
 ):
     # Rows with very different numbers of loss tokens: a mean of per-micro-batch means would differ from the big batch
     dataset = Dataset.from_dict(
@@ -318,9 +299,9 @@ def test_gradient_accumulation_matches_large_batch(
         }
     )
     options = dict(reward_position=reward_position, completion_only_loss=completion_only_loss)
-    big_loss, big_grads = _one_sgd_step(tiny_tokenizer, out_dir, dataset, 4, 1, **options)
-    acc_loss, acc_grads = _one_sgd_step(tiny_tokenizer, out_dir, dataset, 2, 2, **options)
-    one_loss, one_grads = _one_sgd_step(tiny_tokenizer, out_dir, dataset, 1, 4, **options)
+    big_loss, big_grads = _one_sgd_step(tiny_causal_lm(), tiny_tokenizer, out_dir, dataset, 4, 1, **options)
+    acc_loss, acc_grads = _one_sgd_step(tiny_causal_lm(), tiny_tokenizer, out_dir, dataset, 2, 2, **options)
+    one_loss, one_grads = _one_sgd_step(tiny_causal_lm(), tiny_tokenizer, out_dir, dataset, 1, 4, **options)
     assert acc_loss == pytest.approx(big_loss, rel=1e-5)
     assert one_loss == pytest.approx(big_loss, rel=1e-5)
     for name, grad in big_grads.items():
@@ -328,7 +309,30 @@ def test_gradient_accumulation_matches_large_batch(
         torch.testing.assert_close(one_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_conversational_dataset(tiny_tokenizer, tmp_path):
+class RewardConditionedForCausalLM(RewardConditionedCausalLM):
+    """The same model under a name ending in "ForCausalLM", from which transformers derives the causal LM loss type."""
+
+
+@pytest.mark.parametrize("model_class", [RewardConditionedCausalLM, RewardConditionedForCausalLM])
+def test_gradient_accumulation_does_not_depend_on_the_class_name(
+    tiny_causal_lm, tiny_tokenizer, tmp_path, model_class
+):
+    # Prefix reward, no BOS and loss on the prompt too: the first token of every row is predicted (from the reward),
+    # so counting `labels[..., 1:]` instead of all labels would scale the loss wrongly.
+    dataset = make_dataset(4)
+    options = dict(completion_only_loss=False)
+    losses, grads = [], []
+    for batch_size, accumulation in [(4, 1), (1, 4)]:
+        model = model_class.from_base(tiny_causal_lm(), num_rewards=1)
+        loss, grad = _one_sgd_step(model, tiny_tokenizer, tmp_path, dataset, batch_size, accumulation, **options)
+        losses.append(loss)
+        grads.append(grad)
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_conversational_dataset(tiny_causal_lm, tiny_tokenizer, tmp_path):
     tokenizer = copy.deepcopy(tiny_tokenizer)
     tokenizer.chat_template = CHAT_TEMPLATE
     dataset = Dataset.from_dict(
@@ -339,7 +343,7 @@ def test_conversational_dataset(tiny_tokenizer, tmp_path):
         }
     )
     args = make_args(tmp_path, max_steps=3, max_length=None)
-    trainer = RewardConditionedTrainer(tiny_gpt2(tokenizer), args, train_dataset=dataset, processing_class=tokenizer)
+    trainer = RewardConditionedTrainer(tiny_causal_lm(), args, train_dataset=dataset, processing_class=tokenizer)
     for i, row in enumerate(trainer.train_dataset):
         prompt = dataset[i]["prompt"]
         prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
@@ -352,10 +356,10 @@ def test_conversational_dataset(tiny_tokenizer, tmp_path):
     assert all(math.isfinite(log["loss"]) for log in trainer.state.log_history if "loss" in log)
 
 
-def test_save_and_from_pretrained_round_trip(tiny_tokenizer, tmp_path):
+def test_save_and_from_pretrained_round_trip(tiny_causal_lm, tiny_tokenizer, tmp_path):
     args = make_args(tmp_path, max_steps=3, learning_rate=1e-2)
     trainer = RewardConditionedTrainer(
-        tiny_gpt2(tiny_tokenizer),
+        tiny_causal_lm(),
         args,
         train_dataset=make_dataset(8, [3.0 * i for i in range(8)]),
         processing_class=tiny_tokenizer,
@@ -381,8 +385,8 @@ def test_save_and_from_pretrained_round_trip(tiny_tokenizer, tmp_path):
         torch.testing.assert_close(again.model.eval()(**inputs).logits, loaded(**inputs).logits)
 
 
-def test_model_from_base_path(tiny_tokenizer, tmp_path):
-    tiny_gpt2(tiny_tokenizer).save_pretrained(str(tmp_path / "base"))
+def test_model_from_base_path(tiny_causal_lm, tiny_tokenizer, tmp_path):
+    tiny_causal_lm().save_pretrained(str(tmp_path / "base"))
     tiny_tokenizer.save_pretrained(str(tmp_path / "base"))
     trainer = RewardConditionedTrainer(
         str(tmp_path / "base"),
@@ -395,13 +399,13 @@ def test_model_from_base_path(tiny_tokenizer, tmp_path):
     assert trainer.processing_class.pad_token_id == tiny_tokenizer.pad_token_id
 
 
-def test_peft_trains_lora_and_reward_head(tiny_tokenizer, tmp_path):
+def test_peft_trains_lora_and_reward_head(tiny_causal_lm, tiny_tokenizer, tmp_path):
     from peft import LoraConfig
 
     args = make_args(tmp_path, max_steps=3, learning_rate=1e-2)
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], lora_dropout=0.0)
     trainer = RewardConditionedTrainer(
-        tiny_gpt2(tiny_tokenizer),
+        tiny_causal_lm(),
         args,
         train_dataset=make_dataset(8),
         processing_class=tiny_tokenizer,
@@ -420,13 +424,13 @@ def test_peft_trains_lora_and_reward_head(tiny_tokenizer, tmp_path):
     assert changed <= trainable
 
 
-def test_peft_with_gradient_checkpointing_saves_and_reloads(tiny_tokenizer, tmp_path):
+def test_peft_with_gradient_checkpointing_saves_and_reloads(tiny_causal_lm, tiny_tokenizer, tmp_path):
     from peft import LoraConfig, PeftModel
 
     args = make_args(tmp_path, max_steps=3, learning_rate=1e-2, gradient_checkpointing=True)
     rewards = [float(i) for i in range(8)]
     trainer = RewardConditionedTrainer(
-        tiny_gpt2(tiny_tokenizer),
+        tiny_causal_lm(),
         args,
         train_dataset=make_dataset(8, rewards),
         processing_class=tiny_tokenizer,
@@ -446,7 +450,7 @@ def test_peft_with_gradient_checkpointing_saves_and_reloads(tiny_tokenizer, tmp_
     # The adapter holds LoRA and the trained reward head; the base model with the fitted stats takes it back
     config = trainer.model.get_base_model().config
     start = RewardConditionedCausalLM.from_base(
-        tiny_gpt2(tiny_tokenizer), num_rewards=1, reward_mean=config.reward_mean, reward_std=config.reward_std
+        tiny_causal_lm(), num_rewards=1, reward_mean=config.reward_mean, reward_std=config.reward_std
     )
     reloaded = PeftModel.from_pretrained(start, str(tmp_path / "adapter")).eval()
     with torch.no_grad():
@@ -460,10 +464,10 @@ def test_peft_with_gradient_checkpointing_saves_and_reloads(tiny_tokenizer, tmp_
         torch.testing.assert_close(merged(**inputs).logits, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_reward_dropout_uses_the_null_reward(tiny_tokenizer, tmp_path):
+def test_reward_dropout_uses_the_null_reward(tiny_causal_lm, tiny_tokenizer, tmp_path):
     args = make_args(tmp_path, per_device_train_batch_size=64, max_steps=1, reward_dropout=0.5, seed=3)
     trainer = RewardConditionedTrainer(
-        tiny_gpt2(tiny_tokenizer), args, train_dataset=make_dataset(64), processing_class=tiny_tokenizer
+        tiny_causal_lm(), args, train_dataset=make_dataset(64), processing_class=tiny_tokenizer
     )
     assert trainer.model.config.use_null_reward
     before_step = copy.deepcopy(trainer.model).eval()
@@ -486,10 +490,10 @@ def test_reward_dropout_uses_the_null_reward(tiny_tokenizer, tmp_path):
     torch.testing.assert_close(output.logits.detach(), expected)
 
 
-def test_no_reward_dropout_in_evaluation(tiny_tokenizer, tmp_path):
+def test_no_reward_dropout_in_evaluation(tiny_causal_lm, tiny_tokenizer, tmp_path):
     args = make_args(tmp_path, reward_dropout=0.5, per_device_eval_batch_size=8)
     trainer = RewardConditionedTrainer(
-        tiny_gpt2(tiny_tokenizer),
+        tiny_causal_lm(),
         args,
         train_dataset=make_dataset(8),
         eval_dataset={"a": make_dataset(8), "b": make_dataset(4)},
@@ -511,40 +515,104 @@ BAD_REWARDS = {
     "nan": (float("nan"), "finite"),
     "inf": (float("inf"), "finite"),
     "-inf": (float("-inf"), "finite"),
+    "beyond float32": (1e39, "float32"),
+    "list with None": ([1.0, None], "expected a number"),
+    "empty list": ([], "expected a number"),
 }
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_REWARDS))
 @given(n=st.integers(2, 12), data=st.data())
-def test_bad_reward_names_the_row(tiny_tokenizer, out_dir, kind, n, data):
+def test_bad_reward_names_the_row(tiny_causal_lm, tiny_tokenizer, out_dir, kind, n, data):
     bad_row = data.draw(st.integers(0, n - 1))
     value, message = BAD_REWARDS[kind]
-    rewards = [float(i) for i in range(n)]
+    rewards = [[float(i)] if isinstance(value, list) else float(i) for i in range(n)]
     rewards[bad_row] = value
     dataset = make_dataset(n).remove_columns("reward").add_column("reward", rewards)
     with pytest.raises(ValueError, match=rf"row {bad_row} of the train dataset.*{message}"):
         RewardConditionedTrainer(
-            tiny_gpt2(tiny_tokenizer), make_args(out_dir), train_dataset=dataset, processing_class=tiny_tokenizer
+            tiny_causal_lm(), make_args(out_dir), train_dataset=dataset, processing_class=tiny_tokenizer
         )
 
 
-def test_non_numeric_reward_column(tiny_tokenizer, tmp_path):
-    # Arrow keeps one type per column: a column of strings fails on its first row
-    dataset = make_dataset(4).remove_columns("reward").add_column("reward", ["0.5", "1", "2", "3"])
-    with pytest.raises(ValueError, match=r"row 0 of the train dataset is '0.5' \(str\); expected a number"):
+@pytest.mark.parametrize(
+    "column, found",
+    [
+        (["0.5", "1", "2", "3"], r"'0.5' \(str\)"),
+        ([["0.5"], ["1"], ["2"], ["3"]], r"\['0.5'\] \(list\)"),
+        ([True, False, True, False], r"True \(bool\)"),
+    ],
+)
+def test_non_numeric_reward_column(tiny_causal_lm, tiny_tokenizer, tmp_path, column, found):
+    # Arrow keeps one type per column: a column of strings or booleans fails on its first row
+    dataset = make_dataset(4).remove_columns("reward").add_column("reward", column)
+    with pytest.raises(ValueError, match=rf"row 0 of the train dataset is {found}; expected a number"):
         RewardConditionedTrainer(
-            tiny_gpt2(tiny_tokenizer), make_args(tmp_path), train_dataset=dataset, processing_class=tiny_tokenizer
+            tiny_causal_lm(), make_args(tmp_path), train_dataset=dataset, processing_class=tiny_tokenizer
+        )
+
+
+@pytest.mark.parametrize("dataset_name", ["train", "eval"])
+def test_reward_that_overflows_once_normalized_names_the_row(tiny_causal_lm, tiny_tokenizer, tmp_path, dataset_name):
+    # Each reward fits in float32, but minus the mean of the train set it does not: the loss would be NaN
+    train = make_dataset(4, [-3e38, -3e38, -3e38, 3e38])  # mean -1.5e38: row 3 is 4.5e38 from it
+    evaluation = make_dataset(4, [0.0, 0.0, 0.0, 0.0])
+    if dataset_name == "eval":
+        train = make_dataset(4, [-3e38, -3e38, 0.0, 0.0])  # standardized to -1 and 1
+        evaluation = make_dataset(4, [0.0, 0.0, 3e38, 0.0])
+    with pytest.raises(ValueError, match=rf"row \d of the {dataset_name} dataset.*expected finite values"):
+        RewardConditionedTrainer(
+            tiny_causal_lm(),
+            make_args(tmp_path),
+            train_dataset=train,
+            eval_dataset=evaluation,
+            processing_class=tiny_tokenizer,
+        )
+
+
+@pytest.mark.parametrize("std", [1e-46, 0.0, float("nan")])
+def test_unusable_reward_std_is_refused_before_training(tiny_causal_lm, tiny_tokenizer, tmp_path, std):
+    # Set by hand after the model was built: the trainer checks it, instead of training on NaN
+    model = RewardConditionedCausalLM.from_base(tiny_causal_lm())
+    model.config.reward_std = [std]
+    with pytest.raises(ValueError, match="reward_std"):
+        RewardConditionedTrainer(
+            model,
+            make_args(tmp_path, normalize_rewards=False),
+            train_dataset=make_dataset(4),
+            processing_class=tiny_tokenizer,
+        )
+
+
+def test_rewards_that_vary_below_float32_precision_are_refused(tiny_causal_lm, tiny_tokenizer, tmp_path):
+    # Their float64 std is 5e-47, which is 0 in float32, the precision of the model
+    with pytest.raises(ValueError, match=r"Reward\(s\) \[0\] have the same value in every row"):
+        RewardConditionedTrainer(
+            tiny_causal_lm(),
+            make_args(tmp_path),
+            train_dataset=make_dataset(4, [0.0, 1e-46, 0.0, 1e-46]),
+            processing_class=tiny_tokenizer,
+        )
+
+
+def test_sequence_classification_model_is_refused(tiny_config, tiny_tokenizer, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_config(tiny_config(num_labels=1))
+    with pytest.raises((TypeError, ValueError), match="causal"):
+        RewardConditionedTrainer(
+            model, make_args(tmp_path), train_dataset=make_dataset(4), processing_class=tiny_tokenizer
         )
 
 
 @given(n=st.integers(2, 8), data=st.data())
-def test_inconsistent_reward_vectors_name_the_row(tiny_tokenizer, out_dir, n, data):
+def test_inconsistent_reward_vectors_name_the_row(tiny_causal_lm, tiny_tokenizer, out_dir, n, data):
     bad_row = data.draw(st.integers(1, n - 1))
     rewards = [[float(i), 1.0] for i in range(n)]
     rewards[bad_row] = data.draw(st.sampled_from([[1.0], [1.0, 2.0, 3.0], []]))
     with pytest.raises(ValueError, match=rf"row {bad_row} of the train dataset"):
         RewardConditionedTrainer(
-            tiny_gpt2(tiny_tokenizer),
+            tiny_causal_lm(),
             make_args(out_dir),
             train_dataset=make_dataset(n, rewards),
             processing_class=tiny_tokenizer,
@@ -553,7 +621,7 @@ def test_inconsistent_reward_vectors_name_the_row(tiny_tokenizer, out_dir, n, da
 
 @pytest.mark.parametrize("conversational", [False, True])
 @given(n=st.integers(2, 8), data=st.data())
-def test_empty_completion_names_the_row(tiny_tokenizer, out_dir, conversational, n, data):
+def test_empty_completion_names_the_row(tiny_causal_lm, tiny_tokenizer, out_dir, conversational, n, data):
     bad_row = data.draw(st.integers(0, n - 1))
     dataset = make_dataset(n)
     completions = list(dataset["completion"])
@@ -573,27 +641,27 @@ def test_empty_completion_names_the_row(tiny_tokenizer, out_dir, conversational,
         dataset = dataset.remove_columns("completion").add_column("completion", completions)
     with pytest.raises(ValueError, match=rf"Row {bad_row} of the train dataset has an empty completion"):
         RewardConditionedTrainer(
-            tiny_gpt2(tokenizer), make_args(out_dir), train_dataset=dataset, processing_class=tokenizer
+            tiny_causal_lm(), make_args(out_dir), train_dataset=dataset, processing_class=tokenizer
         )
 
 
 @pytest.mark.parametrize("missing", ["prompt", "completion", "reward"])
-def test_missing_column(tiny_tokenizer, tmp_path, missing):
+def test_missing_column(tiny_causal_lm, tiny_tokenizer, tmp_path, missing):
     dataset = make_dataset(4).remove_columns(missing)
     with pytest.raises(ValueError, match=rf"no \['{missing}'\] column"):
         RewardConditionedTrainer(
-            tiny_gpt2(tiny_tokenizer), make_args(tmp_path), train_dataset=dataset, processing_class=tiny_tokenizer
+            tiny_causal_lm(), make_args(tmp_path), train_dataset=dataset, processing_class=tiny_tokenizer
         )
 
 
-def test_prompt_longer_than_max_length_names_the_row(tiny_tokenizer, tmp_path):
+def test_prompt_longer_than_max_length_names_the_row(tiny_causal_lm, tiny_tokenizer, tmp_path):
     dataset = make_dataset(4)
     prompts = list(dataset["prompt"])
     prompts[2] = "This movie was wonderful, the acting was great and the story moved me. " * 3
     dataset = dataset.remove_columns("prompt").add_column("prompt", prompts)
     with pytest.raises(ValueError, match=r"prompt of row 2 of the train dataset has \d+ tokens.*max_length=16"):
         RewardConditionedTrainer(
-            tiny_gpt2(tiny_tokenizer),
+            tiny_causal_lm(),
             make_args(tmp_path, max_length=16),
             train_dataset=dataset,
             processing_class=tiny_tokenizer,
@@ -601,12 +669,12 @@ def test_prompt_longer_than_max_length_names_the_row(tiny_tokenizer, tmp_path):
 
 
 @pytest.mark.parametrize("max_length", [None, 40])
-def test_row_longer_than_the_model_names_the_row(tiny_tokenizer, tmp_path, max_length):
+def test_row_longer_than_the_model_names_the_row(tiny_causal_lm, tiny_tokenizer, tmp_path, max_length):
     dataset = make_dataset(5)
     completions = list(dataset["completion"])
     completions[3] = " wonderful" * 30
     dataset = dataset.remove_columns("completion").add_column("completion", completions)
-    model = tiny_gpt2(tiny_tokenizer, n_positions=24)
+    model = tiny_causal_lm(n_positions=24)
     with pytest.raises(ValueError, match=r"Row 3 of the train dataset has \d+ tokens.*Set `max_length` to at most 23"):
         RewardConditionedTrainer(
             model, make_args(tmp_path, max_length=max_length), train_dataset=dataset, processing_class=tiny_tokenizer
@@ -617,30 +685,30 @@ def test_row_longer_than_the_model_names_the_row(tiny_tokenizer, tmp_path, max_l
     )
 
 
-def test_model_and_config_mismatches(tiny_tokenizer, tmp_path):
+def test_model_and_config_mismatches(tiny_causal_lm, tiny_tokenizer, tmp_path):
     def build(model, **kwargs):
         return RewardConditionedTrainer(
             model, make_args(tmp_path, **kwargs), train_dataset=make_dataset(6), processing_class=tiny_tokenizer
         )
 
-    two_rewards = RewardConditionedCausalLM.from_base(tiny_gpt2(tiny_tokenizer), num_rewards=2)
+    two_rewards = RewardConditionedCausalLM.from_base(tiny_causal_lm(), num_rewards=2)
     with pytest.raises(ValueError, match="expects 2 reward"):
         build(two_rewards)
-    prefix = RewardConditionedCausalLM.from_base(tiny_gpt2(tiny_tokenizer))
+    prefix = RewardConditionedCausalLM.from_base(tiny_causal_lm())
     with pytest.raises(ValueError, match="reward_position"):
         build(prefix, reward_position="before_completion")
     with pytest.raises(ValueError, match="null reward"):
         build(prefix, reward_dropout=0.1)
     with pytest.raises(ValueError, match="same value in every row"):
         RewardConditionedTrainer(
-            tiny_gpt2(tiny_tokenizer),
+            tiny_causal_lm(),
             make_args(tmp_path),
             train_dataset=make_dataset(4, [2.0] * 4),
             processing_class=tiny_tokenizer,
         )
     with pytest.raises(ValueError, match="eval dataset has 2 reward"):
         RewardConditionedTrainer(
-            tiny_gpt2(tiny_tokenizer),
+            tiny_causal_lm(),
             make_args(tmp_path),
             train_dataset=make_dataset(4),
             eval_dataset=make_dataset(4, [[1.0, 2.0]] * 4),
@@ -650,7 +718,7 @@ def test_model_and_config_mismatches(tiny_tokenizer, tmp_path):
         from transformers import TrainingArguments
 
         RewardConditionedTrainer(
-            tiny_gpt2(tiny_tokenizer),
+            tiny_causal_lm(),
             TrainingArguments(str(tmp_path)),
             train_dataset=make_dataset(4),
             processing_class=tiny_tokenizer,
@@ -671,7 +739,34 @@ def test_config_validation(tmp_path, kwargs, message):
         make_args(tmp_path, **kwargs)
 
 
-def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_tokenizer, tmp_path):
+@pytest.mark.parametrize("model_kind", ["base model", "path", "reward-conditioned model"])
+def test_same_seed_gives_bit_identical_weights(
+    tiny_causal_lm, tiny_causal_lm_path, tiny_tokenizer, tmp_path, model_kind
+):
+    def run(global_seed):
+        model = {
+            "base model": tiny_causal_lm,
+            "path": lambda: tiny_causal_lm_path,
+            "reward-conditioned model": lambda: RewardConditionedCausalLM.from_base(
+                tiny_causal_lm(), use_null_reward=True
+            ),
+        }[model_kind]()
+        torch.manual_seed(global_seed)  # whatever the script did before: only `args.seed` may matter
+        args = make_args(tmp_path, max_steps=3, learning_rate=1e-2, reward_dropout=0.3, seed=7)
+        trainer = RewardConditionedTrainer(
+            model, args, train_dataset=make_dataset(12), processing_class=tiny_tokenizer
+        )
+        trainer.train()
+        return trainer.model.state_dict(), [log["loss"] for log in trainer.state.log_history if "loss" in log]
+
+    (first, first_losses), (second, second_losses) = run(1), run(2)
+    assert first_losses == second_losses
+    assert first.keys() == second.keys()
+    for name, tensor in first.items():
+        assert torch.equal(tensor, second[name]), name
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_causal_lm, tiny_tokenizer, tmp_path):
     def run(output_dir, max_steps, **kwargs):
         # A constant learning rate, so that the 2-step run reaches its checkpoint in the state of the 4-step run
         args = make_args(
@@ -683,7 +778,7 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_tokenizer, tmp_pa
             **kwargs,
         )
         trainer = RewardConditionedTrainer(
-            tiny_gpt2(tiny_tokenizer), args, train_dataset=make_dataset(12), processing_class=tiny_tokenizer
+            tiny_causal_lm(), args, train_dataset=make_dataset(12), processing_class=tiny_tokenizer
         )
         return trainer
 
