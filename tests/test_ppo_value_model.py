@@ -16,6 +16,7 @@
 
 import os
 import tempfile
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -265,14 +266,25 @@ def test_off_saves_exactly_the_policy_files(trained, tmp_path):
         assert (out / "final" / relative).read_bytes() == (tmp_path / "off" / relative).read_bytes(), relative
 
 
+class RecordedUploads(list):
+    """(folder, files) per upload, and in `contents` the bytes of its safetensors files at upload time."""
+
+
 @pytest.fixture
 def recorded_uploads(monkeypatch):
     """Replaces the Hub upload by a record of the files present in the uploaded folder at upload time."""
-    uploads = []
+    uploads = RecordedUploads()
 
     def upload_folder(*, folder_path, **kwargs):
         files = {p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file()}
         uploads.append((folder_path, files))
+        contents.append({name: (Path(folder_path) / name).read_bytes() for name in files if "safetensors" in name})
+        done = Future()  # what `run_as_future=True` returns, already finished
+        done.set_result(None)
+        return done
+
+    contents = []
+    uploads.contents = contents
 
     if Version(transformers.__version__) >= Version("5.0.0"):
         monkeypatch.setattr(transformers.trainer, "hf_api", lambda: type("Api", (), {"upload_folder": upload_folder}))
@@ -293,6 +305,23 @@ def test_push_uploads_the_critic_with_the_policy(trained, recorded_uploads, monk
         assert {"model.safetensors", "value_model/model.safetensors", "value_model/config.json"} <= files
     assert_state_equal(reload_critic(out / "value_model"), state(critic_of(trainer)))
     assert (tmp_path / "elsewhere" / "value_model" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("hub_strategy", ["every_save", "checkpoint"])
+def test_checkpoint_pushes_upload_the_critic_of_their_step(tiny_tokenizer, tmp_path, recorded_uploads, hub_strategy):
+    trainer = make_trainer(tiny_tokenizer, tmp_path, save_strategy="steps", save_steps=1, hub_strategy=hub_strategy)
+    trainer.args.push_to_hub = True  # set after construction: no repository creation, no network
+    trainer.hub_model_id = "local/ppo-critic"
+    trainer.push_in_progress = None
+    trainer.train()
+    pushes = [i for i, (folder, _) in enumerate(recorded_uploads) if Path(folder) == tmp_path]
+    assert len(pushes) == 2  # one per checkpoint
+    for step, index in enumerate(pushes, start=1):
+        uploaded = recorded_uploads.contents[index]
+        checkpoint = tmp_path / f"checkpoint-{step}"
+        assert uploaded["model.safetensors"] == (checkpoint / "model.safetensors").read_bytes()
+        assert uploaded["value_model/model.safetensors"] == (checkpoint / "value_model/model.safetensors").read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("value_model.")]
 
 
 def test_failed_critic_write_keeps_the_policy_and_the_previous_critic(trained, monkeypatch, tmp_path):
@@ -469,3 +498,19 @@ def test_critic_warmup_trains_only_the_critic_for_its_updates(tiny_tokenizer, tm
 def test_negative_critic_warmup_is_rejected(tiny_tokenizer, tmp_path):
     with pytest.raises(ValueError, match="critic_warmup_steps"):
         make_trainer(tiny_tokenizer, tmp_path, critic_warmup_steps=-1)
+
+
+def test_predict_prompt_values_rejects_a_model_that_is_not_a_critic(tiny_tokenizer):
+    torch.manual_seed(0)
+    two_labels = AutoModelForSequenceClassification.from_config(tiny_config("gpt2", num_labels=2))
+    with pytest.raises(ValueError, match="num_labels"):
+        predict_prompt_values(two_labels, tiny_tokenizer, ["a prompt"])
+
+
+def test_predict_prompt_values_rejects_a_prompt_longer_than_the_critic_positions(tiny_tokenizer):
+    critic = tiny_critic("gpt2", seed=3)  # 64 positions
+    fits = " ".join(["the"] * 8)
+    too_long = " ".join(["the movie was great"] * 40)
+    assert len(tiny_tokenizer(too_long)["input_ids"]) > 64
+    with pytest.raises(ValueError, match=r"Prompt 1 has \d+ tokens, but the value model has only 64 positions"):
+        predict_prompt_values(critic, tiny_tokenizer, [fits, too_long])
