@@ -19,6 +19,7 @@ Everything runs on the tiny GPT-2 of the `tiny_causal_lm` fixture and `tiny_toke
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -790,3 +791,112 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_causal_lm, tiny_t
     resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-2"))
     for (name, param), expected in zip(resumed.model.named_parameters(), straight.model.parameters(), strict=True):
         torch.testing.assert_close(param, expected, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints: the model's standard layout lets Trainer's own features work
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _checkpoints(output_dir):
+    return sorted((path.name for path in output_dir.glob("checkpoint-*")), key=lambda name: int(name.split("-")[1]))
+
+
+def _assert_same_weights(model, path):
+    saved = RewardConditionedCausalLM.from_pretrained(str(path)).state_dict()
+    state = model.state_dict()
+    assert saved.keys() == state.keys()
+    for name, tensor in state.items():
+        assert torch.equal(tensor, saved[name]), name
+
+
+def test_load_best_model_at_end_reloads_the_best_checkpoint(tiny_causal_lm, tiny_tokenizer, tmp_path, caplog):
+    # "Best" is the highest eval loss, so the best checkpoint is an early one, not the last weights
+    args = make_args(
+        tmp_path,
+        max_steps=4,
+        learning_rate=5e-2,
+        lr_scheduler_type="constant",
+        save_strategy="steps",
+        save_steps=1,
+        eval_strategy="steps",
+        eval_steps=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=True,
+        per_device_eval_batch_size=8,
+    )
+    dataset = make_dataset(8)
+    trainer = RewardConditionedTrainer(
+        tiny_causal_lm(), args, train_dataset=dataset, eval_dataset=dataset, processing_class=tiny_tokenizer
+    )
+    with caplog.at_level("WARNING"):
+        trainer.train()
+    assert "Could not locate the best model" not in caplog.text
+    best = trainer.state.best_model_checkpoint
+    assert best is not None and not best.endswith("checkpoint-4")
+    _assert_same_weights(trainer.model, best)
+
+
+def test_save_total_limit_keeps_whole_loadable_checkpoints(tiny_causal_lm, tiny_tokenizer, tmp_path):
+    args = make_args(tmp_path, max_steps=3, save_strategy="steps", save_steps=1, save_total_limit=1)
+    trainer = RewardConditionedTrainer(
+        tiny_causal_lm(), args, train_dataset=make_dataset(8), processing_class=tiny_tokenizer
+    )
+    trainer.train()
+    output_dir = tmp_path / "out"
+    assert _checkpoints(output_dir) == ["checkpoint-3"]
+    assert not [path.name for path in output_dir.iterdir() if path.name.startswith(".")], "staging folders left"
+    _assert_same_weights(trainer.model, output_dir / "checkpoint-3")
+
+
+@pytest.mark.parametrize("hub_strategy", ["every_save", "checkpoint", "all_checkpoints", "end"])
+def test_hub_pushes_contain_the_weights(tiny_causal_lm, tiny_tokenizer, tmp_path, monkeypatch, hub_strategy):
+    import concurrent.futures
+    import types
+
+    import huggingface_hub
+    import transformers.trainer
+
+    uploads = []  # (path_in_repo, files), recorded when the upload is requested; nothing leaves the machine
+
+    def upload_folder(*args, folder_path, path_in_repo=None, run_as_future=False, **kwargs):
+        files = sorted(str(path.relative_to(folder_path)) for path in Path(folder_path).rglob("*") if path.is_file())
+        uploads.append((path_in_repo, files))
+        if not run_as_future:
+            return None
+        future = concurrent.futures.Future()
+        future.set_result(None)
+        return future
+
+    def create_repo(repo_id, *args, **kwargs):
+        return types.SimpleNamespace(repo_id=repo_id)
+
+    for name, fake in (("upload_folder", upload_folder), ("create_repo", create_repo)):
+        monkeypatch.setattr(
+            huggingface_hub.HfApi, name, lambda self, *args, fake=fake, **kwargs: fake(*args, **kwargs)
+        )
+        monkeypatch.setattr(transformers.trainer, name, fake, raising=False)  # transformers 4.x imports the functions
+    monkeypatch.setattr(RewardConditionedTrainer, "create_model_card", lambda self, *args, **kwargs: None)
+
+    args = make_args(
+        tmp_path,
+        max_steps=2,
+        save_strategy="steps",
+        save_steps=1,
+        push_to_hub=True,
+        hub_model_id="user/rc-model",
+        hub_strategy=hub_strategy,
+    )
+    trainer = RewardConditionedTrainer(
+        tiny_causal_lm(), args, train_dataset=make_dataset(8), processing_class=tiny_tokenizer
+    )
+    trainer.train()
+    if hub_strategy == "end":
+        assert uploads == []
+        trainer.push_to_hub()
+    assert uploads
+    for path_in_repo, files in uploads:
+        assert "model.safetensors" in files and "config.json" in files, (path_in_repo, files)
+    if hub_strategy in ("checkpoint", "all_checkpoints"):
+        assert any(path_in_repo is not None for path_in_repo, _ in uploads), "no checkpoint folder was pushed"
