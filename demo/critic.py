@@ -1,20 +1,33 @@
-"""PPO keeps its critic: train, save with the value model, reload it with plain transformers, predict rewards.
+"""PPO keeps its critic: train, get interrupted, resume, reload the critic with plain transformers, predict rewards.
 
-Offline, on CPU, in a few minutes: the policy is the tiny GPT-2 of `demo.common` (pretrained on IMDb review openings),
+Offline, on CPU, in a few minutes: the policy is the tiny GPT-2 of `realdata` (pretrained on IMDb review openings),
 prompts are the first 8 tokens of IMDb reviews, and the reward is the VADER sentiment of the text (prompt and
-completion, which is what PPO hands a reward model). After PPO the critic is reloaded from `value_model/` with `AutoModelForSequenceClassification` and, on held-out prompts, its value at
-the last prompt token (`predict_prompt_values`) is compared with the reward the trained policy then gets.
+completion, which is what PPO hands a reward model).
+
+1. PPO with `save_value_model=True` is interrupted right after its middle checkpoint (as a preempted job would be),
+   and a new trainer resumes it with `train(resume_from_checkpoint=True)`. An uninterrupted run with the same seed
+   is the reference: the resumed run must end where it ends.
+2. The critic is reloaded from `value_model/` with `AutoModelForSequenceClassification` and, on held-out prompts, its
+   value at the last prompt token (`predict_prompt_values`) is compared with the mean reward of several samples of
+   the trained policy, next to the best any predictor can do against that noisy mean (its ceiling, from the
+   split-half reliability of the samples) and next to a baseline that reads the prompt's own sentiment.
+3. Routing: prompts whose predicted value is in the bottom quartile are flagged before generating; the demo reports
+   how much worse they actually do, with a 95% interval.
+
+The critic gets its own learning rate (an optimizer parameter group passed to `PPOTrainer`): `PPOConfig` has one
+learning rate, and the policy's is far too small for a freshly initialized value head.
 
 Run from the repository root: `python -m demo.critic`.
 """
 
 import copy
+import math
 import shutil
 import time
 
 import torch
 from datasets import Dataset, disable_progress_bars
-from scipy.stats import pearsonr, spearmanr
+from scipy.stats import pearsonr, spearmanr, ttest_ind
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
@@ -26,20 +39,22 @@ from transformers import (
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils.logging import disable_progress_bar
 
-from demo.common import CACHE_DIR, tiny_lm, train_test_reviews, vader
+from realdata import CACHE_DIR, tiny_lm, train_test_reviews, vader
 from trl.experimental.ppo import PPOConfig, PPOTrainer, predict_prompt_values
 
 
 SEED = 0
 PROMPT_TOKENS = 8
-RESPONSE_TOKENS = 48
+RESPONSE_TOKENS = 16
 TEMPERATURE = 1.0
-N_TRAIN_PROMPTS = 2048
+N_TRAIN_PROMPTS = 4096
 BATCH_SIZE = 32
-TOTAL_EPISODES = 1536  # 48 PPO updates of 32 episodes
-LEARNING_RATE = 1e-4
-N_EVAL_PROMPTS = 256
-SAMPLES_PER_PROMPT = 4
+N_UPDATES = 64
+POLICY_LR = 1e-4
+CRITIC_LR = 1e-3
+CRITIC_WARMUP_STEPS = 0
+N_EVAL_PROMPTS = 512
+SAMPLES_PER_PROMPT = 8
 LOG_EVERY = 8
 OUTPUT_DIR = CACHE_DIR / "demo-critic"
 
@@ -72,7 +87,7 @@ class VaderRewardModel(nn.Module):
 
 
 class CompactLog(TrainerCallback):
-    """One short line per logging step instead of the full metrics dict."""
+    """One short line per `LOG_EVERY` updates instead of the full metrics dict."""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.global_step % LOG_EVERY == 0:
@@ -83,21 +98,91 @@ class CompactLog(TrainerCallback):
             )
 
 
+class Preempted(Exception):
+    """Stands for whatever stops a real job: a preempted machine, a wall-clock limit, a crash."""
+
+
+class PreemptAfterSave(TrainerCallback):
+    """Stops training right after the checkpoint of update `step` is complete."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise Preempted(f"stopped after checkpoint-{self.step}")
+
+
 def prompt_ids(tokenizer, reviews: list[str]) -> list[list[int]]:
     """The first `PROMPT_TOKENS` token ids of every review that is longer than that."""
     ids = tokenizer(reviews, add_special_tokens=False)["input_ids"]
     return [row[:PROMPT_TOKENS] for row in ids if len(row) > PROMPT_TOKENS]
 
 
+def ppo_trainer(output_dir, seed: int, warmup_steps: int, critic_lr: float, n_updates: int, **config) -> PPOTrainer:
+    """A PPO trainer on fresh copies of the tiny LM: the policy, its reference, and a critic that starts from the
+    policy's body with a new value head. The critic has its own learning rate (a second optimizer parameter group)."""
+    policy, tokenizer = tiny_lm(SEED)
+    ref_policy, _ = tiny_lm(SEED)
+    set_seed(seed)  # after `tiny_lm`, whose random draws differ between a first build and a cached load
+    critic_config = copy.deepcopy(policy.config)
+    critic_config.num_labels = 1
+    critic = AutoModelForSequenceClassification.from_config(critic_config)
+    critic.transformer.load_state_dict(policy.transformer.state_dict())  # the critic starts from the policy's body
+    optimizer = torch.optim.AdamW(
+        [{"params": policy.parameters(), "lr": POLICY_LR}, {"params": critic.parameters(), "lr": critic_lr}],
+        weight_decay=0.0,
+    )
+    train_reviews, _ = train_test_reviews(seed=SEED)
+    train_dataset = Dataset.from_dict({"input_ids": prompt_ids(tokenizer, train_reviews[:N_TRAIN_PROMPTS])})
+    args = PPOConfig(
+        output_dir=str(output_dir),
+        save_value_model=True,
+        critic_warmup_steps=warmup_steps,
+        bf16=False,
+        seed=seed,
+        learning_rate=POLICY_LR,  # read by nothing here (the optimizer is ours), but logged
+        per_device_train_batch_size=BATCH_SIZE,
+        total_episodes=n_updates * BATCH_SIZE,
+        local_rollout_forward_batch_size=BATCH_SIZE,
+        response_length=RESPONSE_TOKENS,
+        temperature=TEMPERATURE,
+        stop_token="eos",
+        num_sample_generations=0,
+        gradient_checkpointing=False,
+        report_to="none",
+        disable_tqdm=True,
+        **config,
+    )
+    trainer = PPOTrainer(
+        args=args,
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=ref_policy,
+        reward_model=VaderRewardModel(tokenizer),
+        train_dataset=train_dataset,
+        value_model=critic,
+        optimizers=(optimizer, None),  # None: the trainer makes its linear schedule over both groups
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(CompactLog())
+    return trainer
+
+
+def max_weight_difference(a: nn.Module, b: nn.Module) -> float:
+    b_state = b.state_dict()
+    return max((value - b_state[name]).abs().max().item() for name, value in a.state_dict().items())
+
+
 @torch.no_grad()
-def sample_rewards(policy, tokenizer, prompts: list[str]) -> torch.Tensor:
-    """Sample `SAMPLES_PER_PROMPT` completions per prompt the way PPO does and score them: (n_prompts, samples)."""
+def sample_rewards(policy, tokenizer, prompts: list[str], samples: int = SAMPLES_PER_PROMPT) -> torch.Tensor:
+    """Sample `samples` completions per prompt the way PPO does and score them: (n_prompts, samples)."""
     rewards = []
     for start in range(0, len(prompts), 64):
         batch = tokenizer(prompts[start : start + 64], padding=True, return_tensors="pt")
         output = policy.generate(
-            input_ids=batch["input_ids"].repeat_interleave(SAMPLES_PER_PROMPT, 0),
-            attention_mask=batch["attention_mask"].repeat_interleave(SAMPLES_PER_PROMPT, 0),
+            input_ids=batch["input_ids"].repeat_interleave(samples, 0),
+            attention_mask=batch["attention_mask"].repeat_interleave(samples, 0),
             max_new_tokens=RESPONSE_TOKENS,
             do_sample=True,
             temperature=TEMPERATURE,
@@ -107,8 +192,51 @@ def sample_rewards(policy, tokenizer, prompts: list[str]) -> torch.Tensor:
             pad_token_id=tokenizer.pad_token_id,
         )
         texts = tokenizer.batch_decode(output, skip_special_tokens=True)  # prompt and completion, as PPO scored them
-        rewards.append(torch.tensor(vader(texts)).view(-1, SAMPLES_PER_PROMPT))
+        rewards.append(torch.tensor(vader(texts)).view(-1, samples))
     return torch.cat(rewards)
+
+
+def evaluate(output_dir, tokenizer, eval_prompts: list[str], seed: int = SEED) -> dict:
+    """Reload the policy and its critic with plain transformers and measure the critic on `eval_prompts`."""
+    policy = AutoModelForCausalLM.from_pretrained(output_dir, dtype=torch.float32)
+    critic = AutoModelForSequenceClassification.from_pretrained(output_dir / "value_model", dtype=torch.float32)
+    predicted = torch.tensor(predict_prompt_values(critic, tokenizer, eval_prompts))  # (n_prompts,)
+    set_seed(seed)
+    achieved = sample_rewards(policy, tokenizer, eval_prompts)  # (n_prompts, samples)
+    mean_achieved = achieved.mean(dim=1)  # (n_prompts,)
+    prompt_sentiment = torch.tensor(vader(eval_prompts))  # (n_prompts,)
+
+    # The ceiling: even the true expected reward of each prompt correlates with a mean of k noisy samples by only
+    # sqrt(reliability of that mean). The reliability comes from the split-half r (two disjoint halves of the
+    # samples), stepped up to k samples with the Spearman-Brown formula.
+    half = SAMPLES_PER_PROMPT // 2
+    split_half = pearsonr(achieved[:, :half].mean(1), achieved[:, half:].mean(1)).statistic
+    reliability = 2 * split_half / (1 + split_half)
+    critic_r = pearsonr(predicted, mean_achieved).statistic
+
+    flagged = predicted <= predicted.quantile(0.25)
+    test = ttest_ind(mean_achieved[flagged], mean_achieved[~flagged], equal_var=False)
+    interval = test.confidence_interval(0.95)
+    return {
+        "predicted": predicted,
+        "mean_achieved": mean_achieved,
+        "mean_reward": achieved.mean().item(),
+        "critic_pearson": critic_r,
+        "critic_spearman": spearmanr(predicted, mean_achieved).statistic,
+        "split_half_r": split_half,
+        "reliability": reliability,
+        "ceiling": math.sqrt(max(reliability, 0.0)),
+        "prompt_vader_pearson": pearsonr(prompt_sentiment, mean_achieved).statistic,
+        "prompt_vader_spearman": spearmanr(prompt_sentiment, mean_achieved).statistic,
+        "critic_vs_prompt_vader_pearson": pearsonr(predicted, prompt_sentiment).statistic,
+        "n_flagged": int(flagged.sum()),
+        "flagged_mean": mean_achieved[flagged].mean().item(),
+        "others_mean": mean_achieved[~flagged].mean().item(),
+        "difference": (mean_achieved[flagged].mean() - mean_achieved[~flagged].mean()).item(),
+        "difference_low": interval.low,
+        "difference_high": interval.high,
+        "p_value": test.pvalue,
+    }
 
 
 def main() -> None:
@@ -119,82 +247,75 @@ def main() -> None:
 
     print("1. Data and models", flush=True)
     policy, tokenizer = tiny_lm(SEED)
-    ref_policy, _ = tiny_lm(SEED)
-    set_seed(SEED)  # after `tiny_lm`, whose random draws differ between a first build and a cached load
-    critic_config = copy.deepcopy(policy.config)
-    critic_config.num_labels = 1
-    critic = AutoModelForSequenceClassification.from_config(critic_config)
-    critic.transformer.load_state_dict(policy.transformer.state_dict())  # the critic starts from the policy's body
-    reward_model = VaderRewardModel(tokenizer)
-
-    train_reviews, test_reviews = train_test_reviews(seed=SEED)
-    train_dataset = Dataset.from_dict({"input_ids": prompt_ids(tokenizer, train_reviews[:N_TRAIN_PROMPTS])})
+    _, test_reviews = train_test_reviews(seed=SEED)
     eval_prompts = tokenizer.batch_decode(prompt_ids(tokenizer, test_reviews)[:N_EVAL_PROMPTS])
-    print(f"   {len(train_dataset)} training prompts, {len(eval_prompts)} held-out prompts, e.g. {eval_prompts[0]!r}")
-
+    print(f"   {len(eval_prompts)} held-out prompts, e.g. {eval_prompts[0]!r}", flush=True)
+    set_seed(SEED)
     before = sample_rewards(policy, tokenizer, eval_prompts)
     print(f"   mean VADER of the pretrained policy on held-out prompts: {before.mean():+.3f}", flush=True)
 
-    print(f"2. PPO for {TOTAL_EPISODES} episodes ({TOTAL_EPISODES // BATCH_SIZE} updates)", flush=True)
+    middle = N_UPDATES // 2
+    run_dir, reference_dir = OUTPUT_DIR / "run", OUTPUT_DIR / "uninterrupted"
     shutil.rmtree(OUTPUT_DIR, ignore_errors=True)
-    args = PPOConfig(
-        output_dir=str(OUTPUT_DIR),
-        save_value_model=True,
-        bf16=False,
-        seed=SEED,
-        learning_rate=LEARNING_RATE,
-        per_device_train_batch_size=BATCH_SIZE,
-        total_episodes=TOTAL_EPISODES,
-        local_rollout_forward_batch_size=BATCH_SIZE,
-        response_length=RESPONSE_TOKENS,
-        temperature=TEMPERATURE,
-        stop_token="eos",
-        num_sample_generations=0,
-        gradient_checkpointing=False,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-    )
-    trainer = PPOTrainer(
-        args=args,
-        processing_class=tokenizer,
-        model=policy,
-        ref_model=ref_policy,
-        reward_model=reward_model,
-        train_dataset=train_dataset,
-        value_model=critic,
-    )
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(CompactLog())
-    trainer.train()
-    trainer.save_model(str(OUTPUT_DIR))
-    print(f"   saved the policy and its critic to {OUTPUT_DIR} ({time.time() - start:.0f}s so far)", flush=True)
+    print(f"2. PPO for {N_UPDATES} updates of {BATCH_SIZE} episodes, checkpointing every {middle} updates", flush=True)
+    trainer = ppo_trainer(run_dir, SEED, CRITIC_WARMUP_STEPS, CRITIC_LR, N_UPDATES, save_steps=middle)
+    trainer.add_callback(PreemptAfterSave(middle))
+    try:
+        trainer.train()
+    except Preempted as stop:
+        print(
+            f"   interrupted: {stop}; it holds {sorted(p.name for p in (run_dir / f'checkpoint-{middle}').iterdir())}"
+        )
+    del trainer
 
-    print("3. Reload both with plain transformers and evaluate on held-out prompts", flush=True)
-    policy = AutoModelForCausalLM.from_pretrained(OUTPUT_DIR, dtype=torch.float32)
-    critic = AutoModelForSequenceClassification.from_pretrained(OUTPUT_DIR / "value_model", dtype=torch.float32)
-    predicted = torch.tensor(predict_prompt_values(critic, tokenizer, eval_prompts))  # (n_prompts,)
-    achieved = sample_rewards(policy, tokenizer, eval_prompts)  # (n_prompts, samples)
-    mean_achieved = achieved.mean(dim=1)
-    print(f"   mean VADER after PPO: {achieved.mean():+.3f} (before: {before.mean():+.3f})")
+    print("   a new trainer (new models, other random state) resumes from the last checkpoint", flush=True)
+    torch.manual_seed(12345)  # whatever the process did since: the checkpoint's RNG state must win
+    trainer = ppo_trainer(run_dir, SEED, CRITIC_WARMUP_STEPS, CRITIC_LR, N_UPDATES, save_steps=middle)
+    trainer.train(resume_from_checkpoint=True)
+    trainer.save_model(str(run_dir))
+    resumed = trainer.accelerator.unwrap_model(trainer.model)
+    print(f"   saved the policy and its critic to {run_dir} ({time.time() - start:.0f}s so far)", flush=True)
+
+    print("   the reference: the same run, uninterrupted", flush=True)
+    reference = ppo_trainer(reference_dir, SEED, CRITIC_WARMUP_STEPS, CRITIC_LR, N_UPDATES, save_strategy="no")
+    reference.train()
+    uninterrupted = reference.accelerator.unwrap_model(reference.model)
     print(
-        f"   predicted value vs mean reward of {SAMPLES_PER_PROMPT} samples, over {len(eval_prompts)} prompts: "
-        f"Pearson {pearsonr(predicted, mean_achieved).statistic:+.3f}, "
-        f"Spearman {spearmanr(predicted, mean_achieved).statistic:+.3f}"
+        f"   resumed vs uninterrupted, largest weight difference: policy "
+        f"{max_weight_difference(resumed.policy, uninterrupted.policy):.1e}, critic "
+        f"{max_weight_difference(resumed.value_model, uninterrupted.value_model):.1e} "
+        f"({time.time() - start:.0f}s so far)",
+        flush=True,
     )
-    per_sample = predicted.repeat_interleave(SAMPLES_PER_PROMPT)
+    del trainer, reference
+
     print(
-        f"   per sample ({achieved.numel()} completions): "
-        f"Pearson {pearsonr(per_sample, achieved.flatten()).statistic:+.3f}, "
-        f"Spearman {spearmanr(per_sample, achieved.flatten()).statistic:+.3f}"
+        f"3. Reload both with plain transformers; on {len(eval_prompts)} held-out prompts, predict each prompt's value "
+        f"and sample {SAMPLES_PER_PROMPT} completions",
+        flush=True,
+    )
+    result = evaluate(run_dir, tokenizer, eval_prompts)
+    print(f"   mean VADER after PPO: {result['mean_reward']:+.3f} (before: {before.mean():+.3f})")
+    print(
+        f"   critic's value vs the mean reward of {SAMPLES_PER_PROMPT} samples: Pearson {result['critic_pearson']:+.3f}, "
+        f"Spearman {result['critic_spearman']:+.3f}\n"
+        f"   ceiling (what the true expected reward would reach against that noisy mean): "
+        f"{result['ceiling']:+.3f} = sqrt of the Spearman-Brown reliability {result['reliability']:.3f} "
+        f"(split-half r between two means of {SAMPLES_PER_PROMPT // 2} samples: {result['split_half_r']:+.3f})\n"
+        f"   baseline, the VADER sentiment of the prompt text itself: Pearson {result['prompt_vader_pearson']:+.3f}, "
+        f"Spearman {result['prompt_vader_spearman']:+.3f} (critic vs prompt VADER: "
+        f"{result['critic_vs_prompt_vader_pearson']:+.3f})",
+        flush=True,
     )
 
     print("4. Routing: flag prompts whose predicted value is in the bottom quartile, before generating", flush=True)
-    flagged = predicted <= predicted.quantile(0.25)
     print(
-        f"   {int(flagged.sum())} flagged prompts get mean VADER {mean_achieved[flagged].mean():+.3f}; "
-        f"the {int((~flagged).sum())} others get {mean_achieved[~flagged].mean():+.3f}"
+        f"   {result['n_flagged']} flagged prompts get mean VADER {result['flagged_mean']:+.3f}; the "
+        f"{len(eval_prompts) - result['n_flagged']} others get {result['others_mean']:+.3f}: difference "
+        f"{result['difference']:+.3f}, 95% interval [{result['difference_low']:+.3f}, {result['difference_high']:+.3f}] "
+        f"(Welch t-test, p = {result['p_value']:.1g})"
     )
+    predicted, mean_achieved = result["predicted"], result["mean_achieved"]
     order = predicted.argsort()
     for label, indices in (("lowest", order[:3]), ("highest", order[-3:].flip(0))):
         for i in indices.tolist():
