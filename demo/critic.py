@@ -17,13 +17,17 @@ completion, which is what PPO hands a reward model).
 The critic gets its own learning rate (an optimizer parameter group passed to `PPOTrainer`): `PPOConfig` has one
 learning rate, and the policy's is far too small for a freshly initialized value head.
 
-Run from the repository root: `python -m demo.critic`.
+Run from the repository root: `python -m demo.critic` (`--results docs/results` also writes `critic.json` and
+`critic.md` there).
 """
 
+import argparse
 import copy
+import json
 import math
 import shutil
 import time
+from pathlib import Path
 
 import torch
 from datasets import Dataset, disable_progress_bars
@@ -239,7 +243,7 @@ def evaluate(output_dir, tokenizer, eval_prompts: list[str], seed: int = SEED) -
     }
 
 
-def main() -> None:
+def main(results_dir: Path | None = None) -> None:
     torch.set_num_threads(1)  # the same as OMP_NUM_THREADS=1: one core, steady timings
     disable_progress_bars()  # datasets' bars
     disable_progress_bar()  # transformers' bars
@@ -280,11 +284,11 @@ def main() -> None:
     reference = ppo_trainer(reference_dir, SEED, CRITIC_WARMUP_STEPS, CRITIC_LR, N_UPDATES, save_strategy="no")
     reference.train()
     uninterrupted = reference.accelerator.unwrap_model(reference.model)
+    policy_difference = max_weight_difference(resumed.policy, uninterrupted.policy)
+    critic_difference = max_weight_difference(resumed.value_model, uninterrupted.value_model)
     print(
-        f"   resumed vs uninterrupted, largest weight difference: policy "
-        f"{max_weight_difference(resumed.policy, uninterrupted.policy):.1e}, critic "
-        f"{max_weight_difference(resumed.value_model, uninterrupted.value_model):.1e} "
-        f"({time.time() - start:.0f}s so far)",
+        f"   resumed vs uninterrupted, largest weight difference: policy {policy_difference:.1e}, critic "
+        f"{critic_difference:.1e} ({time.time() - start:.0f}s so far)",
         flush=True,
     )
     del trainer, reference
@@ -320,8 +324,73 @@ def main() -> None:
     for label, indices in (("lowest", order[:3]), ("highest", order[-3:].flip(0))):
         for i in indices.tolist():
             print(f"   {label} predicted {predicted[i]:+.3f}, achieved {mean_achieved[i]:+.3f}: {eval_prompts[i]!r}")
-    print(f"Done in {time.time() - start:.0f}s.")
+    print(f"Done in {time.time() - start:.0f}s ({time.process_time():.0f}s of CPU).")
+    if results_dir is not None:
+        results = {
+            "settings": {
+                "seed": SEED,
+                "prompt_tokens": PROMPT_TOKENS,
+                "response_tokens": RESPONSE_TOKENS,
+                "batch_size": BATCH_SIZE,
+                "ppo_updates": N_UPDATES,
+                "policy_lr": POLICY_LR,
+                "critic_lr": CRITIC_LR,
+                "critic_warmup_steps": CRITIC_WARMUP_STEPS,
+                "eval_prompts": len(eval_prompts),
+                "samples_per_prompt": SAMPLES_PER_PROMPT,
+            },
+            "resume": {
+                "interrupted_after": middle,
+                "policy_max_diff": policy_difference,
+                "critic_max_diff": critic_difference,
+            },
+            "mean_reward_before": before.mean().item(),
+            **{key: float(value) for key, value in result.items() if key not in ("predicted", "mean_achieved")},
+            "wall_s": time.time() - start,
+            "cpu_s": time.process_time(),
+        }
+        write_results(results, results_dir)
+
+
+def write_results(results: dict, results_dir: Path) -> None:
+    """`critic.json` (the figures) and `critic.md` (the page, made from the JSON only) in `results_dir`."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "critic.json").write_text(json.dumps(results, indent=2) + "\n")
+    r, settings = results, results["settings"]
+    k = settings["samples_per_prompt"]
+    page = f"""# How good is the kept critic? (written by `python -m demo.critic --results docs/results`)
+
+PPO ({settings["ppo_updates"]} updates of {settings["batch_size"]} episodes, {settings["response_tokens"]}-token \
+completions, policy lr {settings["policy_lr"]:g}, critic lr {settings["critic_lr"]:g} in its own parameter group, \
+`critic_warmup_steps={settings["critic_warmup_steps"]}`) on the tiny review LM of `realdata.py`; the reward is the \
+VADER sentiment of prompt and completion. The run was interrupted after update {r["resume"]["interrupted_after"]} and \
+resumed with `train(resume_from_checkpoint=True)`; against an uninterrupted run with the same seed the largest weight \
+difference is {r["resume"]["policy_max_diff"]:.1e} (policy) and {r["resume"]["critic_max_diff"]:.1e} (critic).
+
+On {settings["eval_prompts"]} held-out prompts, the critic's value at the last prompt token against the mean reward of \
+{k} samples of the trained policy (seed {settings["seed"]}, one run):
+
+| predictor | Pearson r | Spearman rho |
+| --- | --- | --- |
+| the critic (`predict_prompt_values`) | {r["critic_pearson"]:+.3f} | {r["critic_spearman"]:+.3f} |
+| ceiling: the true expected reward | {r["ceiling"]:+.3f} | |
+| baseline: VADER of the prompt text alone | {r["prompt_vader_pearson"]:+.3f} | {r["prompt_vader_spearman"]:+.3f} |
+
+The ceiling is sqrt of the reliability of a {k}-sample mean: the split-half r between the means of two disjoint halves \
+of the samples ({r["split_half_r"]:+.3f}, uncorrected), stepped up to {k} samples with Spearman-Brown \
+({r["reliability"]:.3f}). The critic and the prompt's VADER correlate at {r["critic_vs_prompt_vader_pearson"]:+.3f}.
+
+Routing: the {r["n_flagged"]:.0f} prompts with the bottom-quartile predicted value get a mean reward of \
+{r["flagged_mean"]:+.3f}, the others {r["others_mean"]:+.3f}: difference {r["difference"]:+.3f}, 95% interval \
+[{r["difference_low"]:+.3f}, {r["difference_high"]:+.3f}] (Welch t-test, p = {r["p_value"]:.1g}).
+
+Mean reward before PPO {r["mean_reward_before"]:+.3f}, after {r["mean_reward"]:+.3f}. The demo took \
+{r["wall_s"]:.0f} s ({r["cpu_s"]:.0f} s of CPU).
+"""
+    (results_dir / "critic.md").write_text(page)
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--results", type=Path, help="also write critic.json and critic.md into this folder")
+    main(parser.parse_args().results)
