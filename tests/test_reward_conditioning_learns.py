@@ -11,7 +11,6 @@ import random
 import pytest
 import torch
 from datasets import Dataset
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from trl.experimental.reward_conditioning import (
     RewardConditionedCausalLM,
@@ -24,16 +23,13 @@ POSITIVE, NEGATIVE = " great wonderful loved", " awful boring terrible"
 
 
 @pytest.mark.parametrize("reward_position", ["prefix", "before_completion"])
-def test_trained_model_follows_the_target(reward_position, tiny_tokenizer, tmp_path):
-    torch.manual_seed(0)
+def test_trained_model_follows_the_target(reward_position, tiny_causal_lm, tiny_tokenizer, tmp_path):
     rng = random.Random(0)
     rewards = [rng.uniform(-1, 1) for _ in range(512)]
     dataset = Dataset.from_list(
         [{"prompt": "The movie was", "completion": POSITIVE if r > 0 else NEGATIVE, "reward": r} for r in rewards]
     )
-    config = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=len(tiny_tokenizer), n_positions=64)
-    config.bos_token_id, config.eos_token_id, config.pad_token_id = 1, 2, 0
-    model = RewardConditionedCausalLM.from_base(GPT2LMHeadModel(config), reward_position=reward_position)
+    model = RewardConditionedCausalLM.from_base(tiny_causal_lm(n_embd=64), reward_position=reward_position)
     args = RewardConditionedConfig(
         output_dir=str(tmp_path),
         per_device_train_batch_size=32,

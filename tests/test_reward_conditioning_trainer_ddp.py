@@ -40,20 +40,10 @@ SCRIPT = textwrap.dedent(
 
     import torch
     from datasets import Dataset
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     from trl.experimental.reward_conditioning import RewardConditionedConfig, RewardConditionedTrainer
 
-    tokenizer_dir, output_dir = sys.argv[1], sys.argv[2]
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(0)
-    base = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-    )
+    model_dir, output_dir = sys.argv[1], sys.argv[2]
     prompts = ["This movie was", "The acting", "I think the plot", "Not worth"]
     completions = [" wonderful and great.", " terrible, awful.", " moved me.", " boring and slow."]
     dataset = Dataset.from_dict(
@@ -68,7 +58,8 @@ SCRIPT = textwrap.dedent(
         save_strategy="no", logging_steps=1, per_device_train_batch_size=2, gradient_accumulation_steps=2,
         max_steps=4, learning_rate=1e-2, max_length=32, reward_dropout=0.2, reward_position="before_completion",
     )
-    trainer = RewardConditionedTrainer(base, args, train_dataset=dataset, processing_class=tokenizer)
+    # A path: each process loads the base and builds the reward head, seeded by `args.seed`
+    trainer = RewardConditionedTrainer(model_dir, args, train_dataset=dataset)
     head = trainer.model.reward_head.linear.weight.detach().clone()
     trainer.train()
     trainer.save_model(output_dir)
@@ -87,10 +78,9 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_two_process_ddp_trains_and_saves(tiny_tokenizer, tmp_path):
+def test_two_process_ddp_trains_and_saves(tiny_causal_lm_path, tiny_tokenizer, tmp_path):
     from trl.experimental.reward_conditioning import RewardConditionedCausalLM
 
-    tiny_tokenizer.save_pretrained(tmp_path / "tokenizer")
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
     output_dir = tmp_path / "out"
@@ -100,7 +90,7 @@ def test_two_process_ddp_trains_and_saves(tiny_tokenizer, tmp_path):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     command += ["--main_process_port", str(port)]
-    command += [str(script), str(tmp_path / "tokenizer"), str(output_dir)]
+    command += [str(script), tiny_causal_lm_path, str(output_dir)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
     result = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=540)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
