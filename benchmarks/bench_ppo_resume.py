@@ -1,0 +1,198 @@
+"""Does a resumed PPO run end where the uninterrupted run ends? (`PPOTrainer.train(resume_from_checkpoint=...)`)
+
+Trains a tiny GPT-2 policy and critic (2 layers, 32 dims, built from configs) for 12 PPO updates with a checkpoint at
+update 6, then:
+
+- `uninterrupted`: a second identical run (run-to-run noise);
+- `resumed`: a new trainer resumed from checkpoint-6 with `train(resume_from_checkpoint=True)`;
+- `warm start`: a new run whose policy and critic start from checkpoint-6's weights, with a fresh optimizer and
+  schedule, for the remaining 6 updates (what resuming used to amount to).
+
+and reports, for each, the largest absolute difference of any policy or critic weight from the first run's final
+weights, and the reward (`objective/scores`) of every update. Writes `docs/results/ppo_resume.json` and
+`docs/results/ppo_resume.md`; with `--append` it keeps the entries of other transformers versions already in the JSON
+file and replaces only this version's.
+
+    python -m benchmarks.bench_ppo_resume
+    python -m benchmarks.bench_ppo_resume --append    # with another transformers, to add its row
+"""
+
+import os
+
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import transformers
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config
+
+from benchmarks.bench_save_value_model import byte_level_tokenizer
+from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+WORDS = ["The movie", "A terrible film", "I loved every", "Boring, slow", "The director", "One of the best", "Not"]
+PROMPTS = [f"{a} {b}" for a in WORDS for b in WORDS][:20]
+UPDATES, SAVE_AT = 12, 6
+
+
+def tiny(model_class, seed, vocab, num_labels=None):
+    config = GPT2Config(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=2, n_head=2, pad_token_id=0)
+    config.bos_token_id, config.eos_token_id = 1, 2
+    if num_labels is not None:
+        config.num_labels = num_labels
+    torch.manual_seed(seed)
+    return model_class.from_config(config)
+
+
+def make_trainer(tokenizer, output_dir, updates, policy=None, critic=None):
+    vocab = len(tokenizer)
+    args = PPOConfig(
+        output_dir=str(output_dir),
+        bf16=False,
+        gradient_checkpointing=False,
+        num_sample_generations=0,
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=1,
+        response_length=4,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        local_rollout_forward_batch_size=4,
+        total_episodes=4 * updates,
+        num_ppo_epochs=2,
+        learning_rate=1e-3,
+        seed=0,
+        save_value_model=True,
+        save_strategy="steps",
+        save_steps=SAVE_AT,
+    )
+    return PPOTrainer(
+        args=args,
+        processing_class=tokenizer,
+        model=policy if policy is not None else tiny(AutoModelForCausalLM, 0, vocab),
+        ref_model=tiny(AutoModelForCausalLM, 0, vocab),
+        reward_model=tiny(AutoModelForSequenceClassification, 2, vocab, num_labels=1),
+        train_dataset=Dataset.from_dict({"input_ids": [tokenizer(p)["input_ids"] for p in PROMPTS]}),
+        value_model=critic if critic is not None else tiny(AutoModelForSequenceClassification, 1, vocab, num_labels=1),
+    )
+
+
+def weights(trainer):
+    wrapper = trainer.accelerator.unwrap_model(trainer.model)
+    return {
+        **{f"policy.{k}": v.detach().clone() for k, v in wrapper.policy.state_dict().items()},
+        **{f"critic.{k}": v.detach().clone() for k, v in wrapper.value_model.state_dict().items()},
+    }
+
+
+def max_difference(a, b):
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def rewards(trainer, first_update=1):
+    scores = [entry["objective/scores"] for entry in trainer.state.log_history if "objective/scores" in entry]
+    return dict(zip(range(first_update, first_update + len(scores)), scores, strict=True))
+
+
+def measure():
+    tokenizer = byte_level_tokenizer(320)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        first = make_trainer(tokenizer, tmp / "first", UPDATES)
+        first.train()
+        reference = weights(first)
+
+        second = make_trainer(tokenizer, tmp / "second", UPDATES)
+        second.train()
+
+        shutil.copytree(tmp / "first" / f"checkpoint-{SAVE_AT}", tmp / "resumed" / f"checkpoint-{SAVE_AT}")
+        resumed = make_trainer(tokenizer, tmp / "resumed", UPDATES)
+        resumed.train(resume_from_checkpoint=True)
+
+        checkpoint = tmp / "first" / f"checkpoint-{SAVE_AT}"
+        warm = make_trainer(
+            tokenizer,
+            tmp / "warm",
+            UPDATES - SAVE_AT,
+            policy=AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32),
+            critic=AutoModelForSequenceClassification.from_pretrained(checkpoint / "value_model", dtype=torch.float32),
+        )
+        warm.train()
+
+        return {
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "setup": f"tiny GPT-2 policy and critic (2 layers, 32 dims), {UPDATES} PPO updates of 4 prompts "
+            f"(2 per micro-batch x 2 accumulated), 2 PPO epochs, lr 1e-3, checkpoint at update {SAVE_AT}, CPU",
+            "max_weight_difference": {
+                "second uninterrupted run": max_difference(weights(second), reference),
+                "resumed at update 6": max_difference(weights(resumed), reference),
+                "warm start at update 6 (fresh optimizer)": max_difference(weights(warm), reference),
+            },
+            "rewards": {
+                "uninterrupted": rewards(first),
+                "resumed at update 6": rewards(resumed),  # its log history holds updates 1-6 from the checkpoint
+                "warm start at update 6 (fresh optimizer)": rewards(warm, first_update=SAVE_AT + 1),
+            },
+        }
+
+
+def write_markdown(runs):
+    lines = [
+        "# PPO resume: resumed vs uninterrupted",
+        "",
+        "Written by `benchmarks/bench_ppo_resume.py` from `ppo_resume.json`; do not edit by hand.",
+        "",
+        f"Setup: {runs[0]['setup']}.",
+        "",
+        "## Largest absolute difference of any policy or critic weight from the uninterrupted run's final weights",
+        "",
+        "| transformers | torch | " + " | ".join(runs[0]["max_weight_difference"]) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in runs[0]["max_weight_difference"]) + " |",
+    ]
+    for run in runs:
+        values = " | ".join(f"{value:.3g}" for value in run["max_weight_difference"].values())
+        lines.append(f"| {run['transformers']} | {run['torch']} | {values} |")
+    for run in runs:
+        curves = run["rewards"]
+        lines += [
+            "",
+            f"## Reward (`objective/scores`) per update, transformers {run['transformers']}",
+            "",
+            "| update | " + " | ".join(curves) + " |",
+            "| --- | " + " | ".join("---" for _ in curves) + " |",
+        ]
+        for update in range(1, UPDATES + 1):
+            cells = [curve.get(str(update), curve.get(update)) for curve in curves.values()]
+            lines.append(f"| {update} | " + " | ".join("" if c is None else f"{c:+.5f}" for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--append", action="store_true", help="keep other transformers versions' entries")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    run = measure()
+    print(json.dumps(run["max_weight_difference"], indent=2))
+    json_path = args.out / "ppo_resume.json"
+    runs = json.loads(json_path.read_text())["runs"] if args.append and json_path.exists() else []
+    runs = [r for r in runs if r["transformers"] != run["transformers"]] + [run]
+    runs.sort(key=lambda r: r["transformers"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    (args.out / "ppo_resume.md").write_text(write_markdown(runs))
+
+
+if __name__ == "__main__":
+    main()
