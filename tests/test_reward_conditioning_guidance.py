@@ -127,15 +127,17 @@ def test_guided_scores_are_the_mix_cached_equals_recomputed_and_batched_equals_s
         assert alone[0, len(row) :].tolist() == out.sequences[i, width:].tolist()
 
 
-@pytest.mark.xfail(reason="guided beam search: cached and recomputed runs can pick different last tokens (open)")
 @given(key=KEYS, case=prompts(), num_beams=st.integers(2, 3))
 def test_beam_search_cached_equals_recomputed(key, case, num_beams):
     model = MODELS[key]
     rows, input_ids, attention_mask, rewards = case
-    kwargs = {"num_beams": num_beams, "num_return_sequences": 2, "guidance_scale": 2.5}
+    kwargs = {"num_beams": num_beams, "num_return_sequences": 2, "guidance_scale": 2.5, "repetition_penalty": 1.2}
     kwargs.update(attention_mask=attention_mask, rewards=rewards, **GREEDY)
     cached = model.generate(input_ids, **kwargs)
     assert torch.equal(cached, model.generate(input_ids, use_cache=False, **kwargs))
+    # Batched equals single without the repetition penalty, which also penalizes the padding tokens of a batch
+    del kwargs["repetition_penalty"]
+    cached = model.generate(input_ids, **kwargs)
     for i, row in enumerate(rows):
         kwargs.update(attention_mask=None, rewards=rewards[i : i + 1])
         alone = model.generate(torch.tensor([row]), **kwargs)
