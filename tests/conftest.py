@@ -50,8 +50,13 @@ def tiny_tokenizer():
         show_progress=False,
     )
     backend.train_from_iterator(CORPUS, trainer=trainer)
+    # GPT-2's inputs: transformers 4.x would otherwise also return `token_type_ids`
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>"
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        model_input_names=["input_ids", "attention_mask"],
     )
     tokenizer.padding_side = "left"
     return tokenizer
