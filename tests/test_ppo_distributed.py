@@ -76,6 +76,26 @@ def test_ddp_two_processes_save_policy_and_critic(tiny_tokenizer, tmp_path):
     check_saved(tmp_path)
 
 
+def test_ddp_two_processes_resume_where_the_uninterrupted_run_ends(tiny_tokenizer, tmp_path):
+    result = run_worker(
+        ["torch.distributed.run", "--nproc_per_node", "2"],
+        tmp_path,
+        tiny_tokenizer,
+        ACCELERATE_USE_CPU="1",
+        PPO_WORKER="resume",
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
+    measured = json.loads((tmp_path / "resume.json").read_text())
+    print("DDP x2 resume:", measured)
+    assert measured["trained"] > 1e-3
+    assert measured["resumed"] < 1e-4, measured
+    # Each process restored its own RNG state
+    assert {p.name for p in (tmp_path / "first" / "checkpoint-4").glob("rng_state*")} == {
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+    }
+
+
 def deepspeed_launcher(tmp_path, stage, gather):
     if importlib.util.find_spec("deepspeed") is None:
         pytest.skip("deepspeed is not installed")
@@ -110,6 +130,71 @@ def test_deepspeed_zero3_without_gather_fails_at_construction(tiny_tokenizer, tm
     assert "ValueError: DeepSpeed ZeRO-3 can save checkpoints" in result.stderr, result.stderr[-8000:]
     assert "===training policy===" not in result.stdout
     assert not list(tmp_path.glob("checkpoint-*"))
+
+
+def resume_worker(out):
+    """Trains 6 updates with a checkpoint at 4, resumes a new trainer from it, and compares the final weights."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, GPT2Config
+
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    def tiny(model_class, seed, num_labels=None):
+        config = GPT2Config(vocab_size=320, n_positions=64, n_embd=32, n_layer=2, n_head=2, pad_token_id=0)
+        if num_labels is not None:
+            config.num_labels = num_labels
+        torch.manual_seed(seed)
+        return model_class.from_config(config)
+
+    tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
+    dataset = Dataset.from_dict({"input_ids": [tokenizer(prompt)["input_ids"] for prompt in PROMPTS]})
+
+    def trainer(output_dir):
+        args = PPOConfig(
+            output_dir=str(output_dir),
+            bf16=False,
+            gradient_checkpointing=False,
+            num_sample_generations=0,
+            report_to="none",
+            disable_tqdm=True,
+            response_length=4,
+            per_device_train_batch_size=2,
+            gradient_accumulation_steps=2,
+            local_rollout_forward_batch_size=4,
+            total_episodes=8 * 6,  # 6 updates of 2 processes x 4 prompts; 3 updates per epoch of 24 prompts
+            num_ppo_epochs=2,
+            learning_rate=1e-3,
+            save_strategy="steps",
+            save_steps=4,
+            save_value_model=True,
+        )
+        return PPOTrainer(
+            args=args,
+            processing_class=tokenizer,
+            model=tiny(AutoModelForCausalLM, seed=0),
+            ref_model=tiny(AutoModelForCausalLM, seed=0),
+            reward_model=tiny(AutoModelForSequenceClassification, seed=2, num_labels=1),
+            train_dataset=dataset,
+            value_model=tiny(AutoModelForSequenceClassification, seed=1, num_labels=1),
+        )
+
+    def weights(trainer):
+        wrapper = trainer.accelerator.unwrap_model(trainer.model)
+        return {k: v.detach().clone() for k, v in wrapper.state_dict().items()}
+
+    first = trainer(out / "first")
+    initial = weights(first)
+    first.train()
+    resumed = trainer(out / "resumed")
+    resumed.train(resume_from_checkpoint=str(out / "first" / "checkpoint-4"))
+    final, resumed_final = weights(first), weights(resumed)
+    if first.accelerator.is_main_process:
+        measured = {
+            "trained": max((final[k] - initial[k]).abs().max().item() for k in final),
+            "resumed": max((final[k] - resumed_final[k]).abs().max().item() for k in final),
+        }
+        (out / "resume.json").write_text(json.dumps(measured))
 
 
 def worker(out):
@@ -180,4 +265,7 @@ def worker(out):
 
 
 if __name__ == "__main__":
-    worker(Path(sys.argv[1]))
+    if os.environ.get("PPO_WORKER") == "resume":
+        resume_worker(Path(sys.argv[1]))
+    else:
+        worker(Path(sys.argv[1]))
