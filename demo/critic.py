@@ -1,12 +1,12 @@
-"""PPO keeps its critic: train, get interrupted, resume, reload the critic with plain transformers, predict rewards.
+"""PPO keeps its critic: train, resume from a checkpoint, reload the critic with plain transformers, predict rewards.
 
 Offline, on CPU, in a few minutes: the policy is the tiny GPT-2 of `realdata` (pretrained on IMDb review openings),
 prompts are the first 8 tokens of IMDb reviews, and the reward is the VADER sentiment of the text (prompt and
 completion, which is what PPO hands a reward model).
 
-1. PPO with `save_value_model=True` is interrupted right after its middle checkpoint (as a preempted job would be),
-   and a new trainer resumes it with `train(resume_from_checkpoint=True)`. An uninterrupted run with the same seed
-   is the reference: the resumed run must end where it ends.
+1. PPO with `save_value_model=True` runs uninterrupted, checkpointing halfway. Its middle checkpoint is what a job
+   preempted there would leave behind: a new trainer resumes from it with `train(resume_from_checkpoint=True)`, and
+   must end where the uninterrupted run ended (NeMo-RL's check: a 0 to 2N run against one resumed at N).
 2. The critic is reloaded from `value_model/` with `AutoModelForSequenceClassification` and, on held-out prompts, its
    value at the last prompt token (`predict_prompt_values`) is compared with the mean reward of several samples of
    the trained policy, next to the best any predictor can do against that noisy mean (its ceiling, from the
@@ -96,25 +96,11 @@ class CompactLog(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.global_step % LOG_EVERY == 0:
             print(
-                f"   update {state.global_step}/{state.max_steps}: mean reward {float(logs['objective/scores']):+.3f}, "
+                f"   update {state.global_step}/{state.max_steps}: "
+                f"mean reward {float(logs['objective/scores']):+.3f}, "
                 f"KL {float(logs['objective/kl']):.2f}, value loss {float(logs['loss/value_avg']):.4f}",
                 flush=True,
             )
-
-
-class Preempted(Exception):
-    """Stands for whatever stops a real job: a preempted machine, a wall-clock limit, a crash."""
-
-
-class PreemptAfterSave(TrainerCallback):
-    """Stops training right after the checkpoint of update `step` is complete."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise Preempted(f"stopped after checkpoint-{self.step}")
 
 
 def prompt_ids(tokenizer, reviews: list[str]) -> list[list[int]]:
@@ -259,49 +245,46 @@ def main(results_dir: Path | None = None) -> None:
     print(f"   mean VADER of the pretrained policy on held-out prompts: {before.mean():+.3f}", flush=True)
 
     middle = N_UPDATES // 2
-    run_dir, reference_dir = OUTPUT_DIR / "run", OUTPUT_DIR / "uninterrupted"
+    reference_dir, run_dir = OUTPUT_DIR / "uninterrupted", OUTPUT_DIR / "resumed"
     shutil.rmtree(OUTPUT_DIR, ignore_errors=True)
-    print(f"2. PPO for {N_UPDATES} updates of {BATCH_SIZE} episodes, checkpointing every {middle} updates", flush=True)
-    trainer = ppo_trainer(run_dir, SEED, CRITIC_WARMUP_STEPS, CRITIC_LR, N_UPDATES, save_steps=middle)
-    trainer.add_callback(PreemptAfterSave(middle))
-    try:
-        trainer.train()
-    except Preempted as stop:
-        print(
-            f"   interrupted: {stop}; it holds {sorted(p.name for p in (run_dir / f'checkpoint-{middle}').iterdir())}"
-        )
-    del trainer
+    print(f"2. PPO for {N_UPDATES} updates of {BATCH_SIZE} episodes, with a checkpoint every {middle}", flush=True)
+    reference = ppo_trainer(reference_dir, SEED, CRITIC_WARMUP_STEPS, CRITIC_LR, N_UPDATES, save_steps=middle)
+    reference.train()
+    checkpoint = reference_dir / f"checkpoint-{middle}"
+    print(f"   {checkpoint.name} holds {sorted(path.name for path in checkpoint.iterdir())}", flush=True)
 
-    print("   a new trainer (new models, other random state) resumes from the last checkpoint", flush=True)
+    print(
+        f"3. Resume: a job preempted after update {middle} leaves {checkpoint.name} behind; a new trainer "
+        "(new models, other random state) resumes it with `train(resume_from_checkpoint=True)`",
+        flush=True,
+    )
+    shutil.copytree(checkpoint, run_dir / checkpoint.name)
     torch.manual_seed(12345)  # whatever the process did since: the checkpoint's RNG state must win
     trainer = ppo_trainer(run_dir, SEED, CRITIC_WARMUP_STEPS, CRITIC_LR, N_UPDATES, save_steps=middle)
     trainer.train(resume_from_checkpoint=True)
     trainer.save_model(str(run_dir))
     resumed = trainer.accelerator.unwrap_model(trainer.model)
-    print(f"   saved the policy and its critic to {run_dir} ({time.time() - start:.0f}s so far)", flush=True)
-
-    print("   the reference: the same run, uninterrupted", flush=True)
-    reference = ppo_trainer(reference_dir, SEED, CRITIC_WARMUP_STEPS, CRITIC_LR, N_UPDATES, save_strategy="no")
-    reference.train()
     uninterrupted = reference.accelerator.unwrap_model(reference.model)
     policy_difference = max_weight_difference(resumed.policy, uninterrupted.policy)
     critic_difference = max_weight_difference(resumed.value_model, uninterrupted.value_model)
     print(
-        f"   resumed vs uninterrupted, largest weight difference: policy {policy_difference:.1e}, critic "
-        f"{critic_difference:.1e} ({time.time() - start:.0f}s so far)",
+        f"   resumed vs uninterrupted after update {N_UPDATES}, largest weight difference: policy "
+        f"{policy_difference:.1e}, critic {critic_difference:.1e} ({time.time() - start:.0f}s so far)",
         flush=True,
     )
     del trainer, reference
 
     print(
-        f"3. Reload both with plain transformers; on {len(eval_prompts)} held-out prompts, predict each prompt's value "
-        f"and sample {SAMPLES_PER_PROMPT} completions",
+        "4. Reload the resumed run's policy and critic with plain transformers; on "
+        f"{len(eval_prompts)} held-out prompts, predict each prompt's value and sample "
+        f"{SAMPLES_PER_PROMPT} completions",
         flush=True,
     )
     result = evaluate(run_dir, tokenizer, eval_prompts)
     print(f"   mean VADER after PPO: {result['mean_reward']:+.3f} (before: {before.mean():+.3f})")
     print(
-        f"   critic's value vs the mean reward of {SAMPLES_PER_PROMPT} samples: Pearson {result['critic_pearson']:+.3f}, "
+        f"   critic's value vs the mean reward of {SAMPLES_PER_PROMPT} samples: "
+        f"Pearson {result['critic_pearson']:+.3f}, "
         f"Spearman {result['critic_spearman']:+.3f}\n"
         f"   ceiling (what the true expected reward would reach against that noisy mean): "
         f"{result['ceiling']:+.3f} = sqrt of the Spearman-Brown reliability {result['reliability']:.3f} "
@@ -312,11 +295,12 @@ def main(results_dir: Path | None = None) -> None:
         flush=True,
     )
 
-    print("4. Routing: flag prompts whose predicted value is in the bottom quartile, before generating", flush=True)
+    print("5. Routing: flag prompts whose predicted value is in the bottom quartile, before generating", flush=True)
     print(
         f"   {result['n_flagged']} flagged prompts get mean VADER {result['flagged_mean']:+.3f}; the "
         f"{len(eval_prompts) - result['n_flagged']} others get {result['others_mean']:+.3f}: difference "
-        f"{result['difference']:+.3f}, 95% interval [{result['difference_low']:+.3f}, {result['difference_high']:+.3f}] "
+        f"{result['difference']:+.3f}, 95% interval "
+        f"[{result['difference_low']:+.3f}, {result['difference_high']:+.3f}] "
         f"(Welch t-test, p = {result['p_value']:.1g})"
     )
     predicted, mean_achieved = result["predicted"], result["mean_achieved"]
@@ -340,7 +324,7 @@ def main(results_dir: Path | None = None) -> None:
                 "samples_per_prompt": SAMPLES_PER_PROMPT,
             },
             "resume": {
-                "interrupted_after": middle,
+                "resumed_from": middle,
                 "policy_max_diff": policy_difference,
                 "critic_max_diff": critic_difference,
             },
@@ -363,12 +347,13 @@ def write_results(results: dict, results_dir: Path) -> None:
 PPO ({settings["ppo_updates"]} updates of {settings["batch_size"]} episodes, {settings["response_tokens"]}-token \
 completions, policy lr {settings["policy_lr"]:g}, critic lr {settings["critic_lr"]:g} in its own parameter group, \
 `critic_warmup_steps={settings["critic_warmup_steps"]}`) on the tiny review LM of `realdata.py`; the reward is the \
-VADER sentiment of prompt and completion. The run was interrupted after update {r["resume"]["interrupted_after"]} and \
-resumed with `train(resume_from_checkpoint=True)`; against an uninterrupted run with the same seed the largest weight \
-difference is {r["resume"]["policy_max_diff"]:.1e} (policy) and {r["resume"]["critic_max_diff"]:.1e} (critic).
+VADER sentiment of prompt and completion. A new trainer resumed the run from its checkpoint after update \
+{r["resume"]["resumed_from"]} with `train(resume_from_checkpoint=True)`; against the uninterrupted run the largest \
+weight difference after update {settings["ppo_updates"]} is {r["resume"]["policy_max_diff"]:.1e} (policy) and \
+{r["resume"]["critic_max_diff"]:.1e} (critic).
 
-On {settings["eval_prompts"]} held-out prompts, the critic's value at the last prompt token against the mean reward of \
-{k} samples of the trained policy (seed {settings["seed"]}, one run):
+On {settings["eval_prompts"]} held-out prompts, the critic's value at the last prompt token against the mean \
+reward of {k} samples of the trained policy (seed {settings["seed"]}, one run):
 
 | predictor | Pearson r | Spearman rho |
 | --- | --- | --- |
@@ -376,8 +361,8 @@ On {settings["eval_prompts"]} held-out prompts, the critic's value at the last p
 | ceiling: the true expected reward | {r["ceiling"]:+.3f} | |
 | baseline: VADER of the prompt text alone | {r["prompt_vader_pearson"]:+.3f} | {r["prompt_vader_spearman"]:+.3f} |
 
-The ceiling is sqrt of the reliability of a {k}-sample mean: the split-half r between the means of two disjoint halves \
-of the samples ({r["split_half_r"]:+.3f}, uncorrected), stepped up to {k} samples with Spearman-Brown \
+The ceiling is sqrt of the reliability of a {k}-sample mean: the split-half r between the means of two disjoint \
+halves of the samples ({r["split_half_r"]:+.3f}, uncorrected), stepped up to {k} samples with Spearman-Brown \
 ({r["reliability"]:.3f}). The critic and the prompt's VADER correlate at {r["critic_vs_prompt_vader_pearson"]:+.3f}.
 
 Routing: the {r["n_flagged"]:.0f} prompts with the bottom-quartile predicted value get a mean reward of \
