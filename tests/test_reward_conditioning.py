@@ -691,22 +691,31 @@ def manual_greedy(model, input_ids, rewards, processors, new):
     [
         ({"repetition_penalty": 50.0}, lambda T: RepetitionPenaltyLogitsProcessor(50.0)),
         ({"no_repeat_ngram_size": 1}, lambda T: NoRepeatNGramLogitsProcessor(1)),
-        ({"min_new_tokens": 4}, lambda T: MinNewTokensLengthLogitsProcessor(T, 4, EOS)),
+        ({"min_new_tokens": 3}, lambda T: MinNewTokensLengthLogitsProcessor(T, 3, EOS)),
     ],
 )
 def test_generate_processors_see_the_prompt(position, option, processor):
     model = make_model("gpt2", "eager", reward_position=position)
-    input_ids, rewards = torch.tensor([[5, 6, 7, 5, 6, 7]]), torch.tensor([2.0])
-    kwargs = {"rewards": rewards, "max_new_tokens": 4, "do_sample": False, "pad_token_id": PAD, "eos_token_id": EOS}
-    sequences = model.generate(input_ids, **kwargs, **option)
+    rewards = torch.tensor([2.0])
     if position == "before_completion":  # the reference needs the prompt length the model uses at generation time
-        model_call = functools.partial(model, prompt_lengths=torch.tensor([6]))
+        model_call = functools.partial(model, prompt_lengths=torch.tensor([4]))
     else:
         model_call = model
-    expected = manual_greedy(model_call, input_ids, rewards, LogitsProcessorList([processor(6)]), 4)
+    # A prompt whose greedy next token is one of its own tokens, so that seeing the prompt changes the output
+    with torch.no_grad():
+        input_ids = next(
+            ids
+            for first in range(3, VOCAB)
+            if (ids := torch.tensor([[first, 6, 7, 8]]))[0]
+            .tolist()
+            .count(model_call(ids, rewards=rewards).logits[0, -1].argmax().item())
+        )
+    kwargs = {"rewards": rewards, "max_new_tokens": 4, "do_sample": False, "pad_token_id": PAD, "eos_token_id": EOS}
+    sequences = model.generate(input_ids, **kwargs, **option)
+    expected = manual_greedy(model_call, input_ids, rewards, LogitsProcessorList([processor(4)]), 4)
     assert sequences.tolist() == expected[:, : sequences.shape[1]].tolist()
     if "no_repeat_ngram_size" in option:
-        assert not set(sequences[0, 6:].tolist()) & {5, 6, 7}
+        assert not set(sequences[0, 4:].tolist()) & set(input_ids[0].tolist())
 
 
 def test_generate_counts_the_prompt_and_honours_generation_config():
