@@ -86,7 +86,6 @@ def test_ddp_two_processes_resume_where_the_uninterrupted_run_ends(tiny_tokenize
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
     measured = json.loads((tmp_path / "resume.json").read_text())
-    print("DDP x2 resume:", measured)
     assert measured["trained"] > 1e-3
     assert measured["resumed"] < 1e-4, measured
     # Each process restored its own RNG state
@@ -121,6 +120,16 @@ def test_deepspeed_saves_policy_and_critic(tiny_tokenizer, tmp_path, stage):
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
     check_saved(tmp_path)
+
+
+def test_deepspeed_zero3_resumes_where_the_uninterrupted_run_ends(tiny_tokenizer, tmp_path):
+    launcher = deepspeed_launcher(tmp_path, stage=3, gather=True)
+    result = run_worker(launcher, tmp_path, tiny_tokenizer, DS_ACCELERATOR="cpu", PPO_WORKER="resume")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
+    measured = json.loads((tmp_path / "resume.json").read_text())
+    assert measured["trained"] > 1e-3
+    assert measured["resumed"] < 1e-4, measured
+    assert list((tmp_path / "first" / "checkpoint-4").glob("global_step*"))  # the engine's own checkpoint
 
 
 def test_deepspeed_zero3_without_gather_fails_at_construction(tiny_tokenizer, tmp_path):
@@ -162,7 +171,8 @@ def resume_worker(out):
             per_device_train_batch_size=2,
             gradient_accumulation_steps=2,
             local_rollout_forward_batch_size=4,
-            total_episodes=8 * 6,  # 6 updates of 2 processes x 4 prompts; 3 updates per epoch of 24 prompts
+            # 6 updates of 4 prompts per process; with 2 processes, 3 updates per epoch of 24 prompts
+            total_episodes=4 * int(os.environ.get("WORLD_SIZE", "1")) * 6,
             num_ppo_epochs=2,
             learning_rate=1e-3,
             save_strategy="steps",
@@ -181,6 +191,11 @@ def resume_worker(out):
 
     def weights(trainer):
         wrapper = trainer.accelerator.unwrap_model(trainer.model)
+        if trainer.is_deepspeed_enabled and trainer.accelerator.deepspeed_config["zero_optimization"]["stage"] == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(wrapper.parameters())):
+                return {k: v.detach().clone() for k, v in wrapper.state_dict().items()}
         return {k: v.detach().clone() for k, v in wrapper.state_dict().items()}
 
     first = trainer(out / "first")
