@@ -17,6 +17,7 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -667,11 +668,28 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 # Standard checkpoint, transformers' generate semantics, safe saves and input checks
 
 
-def test_old_layout_is_refused_with_a_recipe(tmp_path):
-    old = {"model_type": "reward_conditioned", "base_config": base_config("gpt2").to_dict(), "num_rewards": 1}
-    (tmp_path / "config.json").write_text(json.dumps(old))
+def test_old_layout_is_refused_and_the_documented_recipe_converts_it(tmp_path):
+    model = make_model("gpt2", "eager", reward_position="before_completion", use_null_reward=True)
+    old = tmp_path / "old"
+    model.model.save_pretrained(old / "base")
+    head = {name: value.contiguous() for name, value in model.reward_head.state_dict().items()}
+    save_file(head, old / "reward_head.safetensors")
+    fields = ("num_rewards", "reward_position", "reward_mean", "reward_std", "use_null_reward")
+    config = {"model_type": "reward_conditioned", "base_config": model.model.config.to_dict()}
+    (old / "config.json").write_text(json.dumps({**config, **{key: getattr(model.config, key) for key in fields}}))
     with pytest.raises(ValueError, match="old layout"):
-        AutoModelForCausalLM.from_pretrained(tmp_path)
+        AutoModelForCausalLM.from_pretrained(old)
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "reward_conditioning.md").read_text()
+    recipe = next(block for block in docs.split("```python\n")[1:] if "def convert_old_checkpoint" in block)
+    namespace = {"RewardConditionedCausalLM": RewardConditionedCausalLM, "AutoModelForCausalLM": AutoModelForCausalLM}
+    exec(recipe.split("```")[0], namespace)  # noqa: S102 (our own docs)
+    namespace["convert_old_checkpoint"](old, tmp_path / "new")
+    converted = AutoModelForCausalLM.from_pretrained(tmp_path / "new", attn_implementation="eager")
+    input_ids = torch.tensor([[5, 6, 7]])
+    kwargs = {"rewards": torch.tensor([1.5]), "prompt_lengths": torch.tensor([2])}
+    with torch.no_grad():
+        assert torch.equal(converted(input_ids, **kwargs).logits, model(input_ids, **kwargs).logits)
 
 
 @torch.no_grad()
