@@ -270,3 +270,15 @@ def test_gradient_accumulation_holds_at_the_end_of_an_epoch(tiny_tokenizer, tmp_
     trainer.train()
     steps = {int(state["step"]) for state in trainer.optimizer.state.values()}
     assert steps == {5 * 2}  # one optimizer step per minibatch, also in the update that used the epoch's last batch
+
+
+def test_resume_refuses_a_checkpoint_of_another_number_of_processes(uninterrupted, tiny_tokenizer, tmp_path):
+    out, _, _, _ = uninterrupted
+    checkpoint = tmp_path / "checkpoint-6"
+    shutil.copytree(out / "checkpoint-6", checkpoint)
+    state_file = checkpoint / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["world_size"] == 1
+    state_file.write_text(json.dumps({**state, "world_size": 2}))
+    with pytest.raises(ValueError, match="number of processes 2, this one has 1"):
+        make_trainer(tiny_tokenizer, tmp_path / "run").train(resume_from_checkpoint=str(checkpoint))
