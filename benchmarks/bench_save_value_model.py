@@ -1,4 +1,4 @@
-"""What keeping the PPO critic costs at save time (issue 3).
+"""What keeping the PPO critic costs at save time.
 
 Builds a PPOTrainer on a small GPT-2 policy and critic (6 layers, 256 dims by default, built from configs) and times
 `trainer.save_model` with `save_value_model=True` and `False`, alternating, `--repeats` times each. Prints the median

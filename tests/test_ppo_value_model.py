@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Conformance tests for `PPOConfig(save_value_model=True)` and `predict_prompt_values` (issue 3)."""
+"""Conformance tests for `PPOConfig(save_value_model=True)`, `critic_warmup_steps` and `predict_prompt_values`."""
 
 import os
 import tempfile
