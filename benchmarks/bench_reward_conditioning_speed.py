@@ -2,8 +2,10 @@
 
 One extra position per row costs at least (T + 1) / T. The goals (issue 4) are a conditioned training step time
 / base step time <= (T + 1) / T x 1.03 at T = 256, and generation tokens/s >= 0.97 x the base model's, with the KV
-cache and the same batch. Both models run interleaved in one process (medians over repeats), so machine load hits
-both alike; ratios are medians of per-repeat ratios. Prints ratios; asserts nothing.
+cache and the same batch. Classifier-free guidance on the reward (`guidance_scale`) runs a second, unconditional
+branch, so guided generation costs about twice plain conditioned generation; the guided / plain time ratio is printed
+too. All contestants run interleaved in one process (medians over repeats), so machine load hits them alike; ratios
+are medians of per-repeat ratios. Prints ratios; asserts nothing.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_reward_conditioning_speed.py            # CPU, a few minutes
     python benchmarks/bench_reward_conditioning_speed.py --device cuda --hidden 1024 --layers 8
@@ -67,7 +69,9 @@ def main():
         pad_token_id=0,
     )
     base = AutoModelForCausalLM.from_config(config).to(args.device)
-    conditioned = RewardConditionedCausalLM.from_base(copy.deepcopy(base), reward_mean=[0.0], reward_std=[1.0])
+    conditioned = RewardConditionedCausalLM.from_base(
+        copy.deepcopy(base), reward_mean=[0.0], reward_std=[1.0], use_null_reward=True
+    )
 
     # Left-padded batch: row i has i * 8 padding tokens.
     input_ids = torch.randint(3, args.vocab, (args.batch, args.seq_len), device=args.device)
@@ -114,8 +118,12 @@ def main():
     def generate(name):
         if name == "base":
             base.generate(prompt_ids, attention_mask=prompt_mask, **generation)
-        else:
+        elif name == "conditioned":
             conditioned.generate(prompt_ids, attention_mask=prompt_mask, rewards=rewards, **generation)
+        else:
+            conditioned.generate(
+                prompt_ids, attention_mask=prompt_mask, rewards=rewards, guidance_scale=2.0, **generation
+            )
 
     base.train()
     conditioned.train()
@@ -129,9 +137,10 @@ def main():
 
     base.eval()
     conditioned.eval()
-    generate_times = {"base": [], "conditioned": []}
+    generate_times = {"base": [], "conditioned": [], "guided": []}
     for repeat in range(args.repeats + 1):
-        for name in ("base", "conditioned") if repeat % 2 == 0 else ("conditioned", "base"):
+        order = ["base", "conditioned", "guided"]
+        for name in order if repeat % 2 == 0 else order[::-1]:
             elapsed = timed(generate, name, args.device)
             if repeat > 0:
                 generate_times[name].append(elapsed)
@@ -167,6 +176,13 @@ def main():
         f"{gen['base']:.1f} tok/s, conditioned {gen['conditioned']:.1f} tok/s"
     )
     print(f"generation tokens/s ratio conditioned/base: {gen_ratio:.4f} (goal >= 0.97)")
+    guided_ratio = statistics.median(
+        g / c for g, c in zip(generate_times["guided"], generate_times["conditioned"], strict=True)
+    )
+    print(
+        f"guided generation (guidance_scale=2): {gen['guided']:.1f} tok/s; time ratio guided/plain conditioned: "
+        f"{guided_ratio:.4f} (two forward branches: about 2 is the floor on CPU)"
+    )
 
 
 if __name__ == "__main__":
