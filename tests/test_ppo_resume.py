@@ -48,8 +48,11 @@ def tiny(model_class, seed, num_labels=None):
     return model_class.from_config(config)
 
 
-def make_trainer(tokenizer, output_dir, *, rows=20, policy=None, critic=None, updates=UPDATES, **config_kwargs):
+def make_trainer(
+    tokenizer, output_dir, *, rows=20, policy=None, critic=None, updates=UPDATES, eval_dataset=None, **config_kwargs
+):
     config_kwargs = {
+        "num_sample_generations": 0,
         "save_value_model": True,
         "save_strategy": "steps",
         "save_steps": SAVE_AT,
@@ -61,7 +64,6 @@ def make_trainer(tokenizer, output_dir, *, rows=20, policy=None, critic=None, up
         output_dir=str(output_dir),
         bf16=False,
         gradient_checkpointing=False,
-        num_sample_generations=0,
         report_to="none",
         disable_tqdm=True,
         logging_steps=1,
@@ -82,6 +84,7 @@ def make_trainer(tokenizer, output_dir, *, rows=20, policy=None, critic=None, up
         reward_model=tiny(AutoModelForSequenceClassification, seed=2, num_labels=1),
         train_dataset=dataset,
         value_model=critic if critic is not None else tiny(AutoModelForSequenceClassification, seed=1, num_labels=1),
+        eval_dataset=eval_dataset,
     )
 
 
@@ -282,3 +285,15 @@ def test_resume_refuses_a_checkpoint_of_another_number_of_processes(uninterrupte
     state_file.write_text(json.dumps({**state, "world_size": 2}))
     with pytest.raises(ValueError, match="number of processes 2, this one has 1"):
         make_trainer(tiny_tokenizer, tmp_path / "run").train(resume_from_checkpoint=str(checkpoint))
+
+
+def test_sample_generations_do_not_change_a_resumed_run(tiny_tokenizer, tmp_path):
+    # The sampled completions for the logs come right after a checkpoint: they must not move the RNGs it recorded
+    eval_dataset = Dataset.from_dict({"input_ids": [tiny_tokenizer(p)["input_ids"] for p in PROMPTS[:4]]})
+    settings = {"updates": 4, "save_steps": 2, "num_sample_generations": 4, "eval_dataset": eval_dataset}
+    uninterrupted = make_trainer(tiny_tokenizer, tmp_path / "a", **settings)
+    uninterrupted.train()
+    shutil.copytree(tmp_path / "a" / "checkpoint-2", tmp_path / "b" / "checkpoint-2")
+    resumed = make_trainer(tiny_tokenizer, tmp_path / "b", **settings)
+    resumed.train(resume_from_checkpoint=True)
+    assert max_difference(weights(resumed), weights(uninterrupted)) < TOLERANCE
