@@ -90,7 +90,7 @@ def test_rerun_resumes_from_cached_stages(quick_run, tmp_path, capsys):
         assert first["pearson_r"] == second["pearson_r"]
 
 
-def test_token_ids_check_catches_a_tokenizer_without_the_control_tokens(quick_run):
+def test_token_ids_check_catches_a_tokenizer_without_the_control_tokens():
     import copy
 
     model, tokenizer, _, _ = bench.quick_setup()
