@@ -1,6 +1,6 @@
 """Cost of reward conditioning: training step and cached generation, side by side with the base model.
 
-One extra position per row costs at least (T + 1) / T. The goals (issue 4) are a conditioned training step time
+One extra position per row costs at least (T + 1) / T. The goals are a conditioned training step time
 / base step time <= (T + 1) / T x 1.03 at T = 256, and generation tokens/s >= 0.97 x the base model's, with the KV
 cache and the same batch. Classifier-free guidance on the reward (`guidance_scale`) runs a second, unconditional
 branch, so guided generation costs about twice plain conditioned generation; the guided / plain time ratio is printed

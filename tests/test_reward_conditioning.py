@@ -1,4 +1,4 @@
-"""Conformance tests for `trl.experimental.reward_conditioning` (issue 4).
+"""Conformance tests for `trl.experimental.reward_conditioning`.
 
 The reference for every property is a manual construction written here from the definition: the base model fed one
 unpadded row as `[token embeddings before the reward; reward embedding; token embeddings after]` with explicit
@@ -26,11 +26,7 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
-    GPT2Config,
     GPT2LMHeadModel,
-    GPTJConfig,
-    GPTNeoXConfig,
-    LlamaConfig,
     LogitsProcessorList,
     MinNewTokensLengthLogitsProcessor,
     NoRepeatNGramLogitsProcessor,
@@ -59,47 +55,32 @@ ARCHS = [
 ATOL = 2e-5
 
 
-def base_config(arch):
-    special = dict(vocab_size=VOCAB, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
-    if arch == "gpt2":
-        return GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=64, initializer_range=0.2, **special)
-    if arch == "gptj":
-        return GPTJConfig(
-            n_layer=2, n_embd=32, n_head=4, rotary_dim=4, n_positions=64, initializer_range=0.2, **special
-        )
-    if arch == "llama":
-        return LlamaConfig(
-            num_hidden_layers=2,
-            hidden_size=32,
-            intermediate_size=64,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            initializer_range=0.2,
-            **special,
-        )
-    return GPTNeoXConfig(
-        num_hidden_layers=2,
-        hidden_size=32,
-        intermediate_size=64,
-        num_attention_heads=4,
-        rotary_pct=0.5,
-        max_position_embeddings=64,
-        initializer_range=0.2,
-        **special,
-    )
+@pytest.fixture(scope="session")
+def make_base(tiny_causal_lm):
+    """Factory: `make_base(arch, attn="eager", seed=0)`, the shared tiny base model in eval mode."""
+
+    def build(arch="gpt2", attn="eager", seed=0):
+        model = tiny_causal_lm(arch, seed=seed, attn_implementation=attn, vocab_size=VOCAB, initializer_range=0.2)
+        return model.eval()
+
+    return build
 
 
-def make_base(arch, attn="eager", seed=0):
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(base_config(arch), attn_implementation=attn).eval()
+@pytest.fixture(scope="session")
+def make_model(make_base):
+    """Factory: a cached tiny reward-conditioned model in eval mode, with a reward head large enough to matter."""
+
+    @functools.cache
+    def build(arch, attn, reward_position="prefix", num_rewards=1, use_null_reward=False):
+        return _make_model(make_base(arch, attn), reward_position, num_rewards, use_null_reward)
+
+    return build
 
 
-@functools.cache
-def make_model(arch, attn, reward_position="prefix", num_rewards=1, use_null_reward=False):
+def _make_model(base, reward_position, num_rewards, use_null_reward):
     """A cached tiny reward-conditioned model in eval mode, with a reward head large enough to matter."""
     model = RewardConditionedCausalLM.from_base(
-        make_base(arch, attn),
+        base,
         num_rewards=num_rewards,
         reward_position=reward_position,
         reward_mean=[0.5 * (i + 1) for i in range(num_rewards)],
@@ -208,8 +189,8 @@ def test_vocab_matches_tokenizer(tiny_tokenizer):
 
 
 @given(arch=st.sampled_from(ARCHS), position=st.sampled_from(["prefix", "before_completion"]), data=st.data())
-def test_padding_invariance(arch, position, data):
-    """1. A row's logits are the same unpadded, left-padded, right-padded, alone or in a batch."""
+def test_padding_invariance(arch, position, data, make_model):
+    """A row's logits are the same unpadded, left-padded, right-padded, alone or in a batch."""
     model = make_model(*arch, reward_position=position)
     batch = data.draw(batches(position))
     with torch.no_grad():
@@ -228,8 +209,8 @@ def test_padding_invariance(arch, position, data):
 
 
 @given(position=st.sampled_from(["prefix", "before_completion"]), data=st.data())
-def test_positions(position, data):
-    """2. Real tokens' position ids are their index among attended tokens, plus one after the reward."""
+def test_positions(position, data, make_model):
+    """Real tokens' position ids are their index among attended tokens, plus one after the reward."""
     model = make_model("llama", "eager", reward_position=position)
     batch = data.draw(batches(position, max_rows=4))
     input_ids, kwargs, starts = batch_inputs(model, batch)
@@ -256,8 +237,8 @@ def test_positions(position, data):
     num_rewards=st.sampled_from([1, 2]),
     data=st.data(),
 )
-def test_matches_manual_construction(arch, position, num_rewards, data):
-    """3. The base model fed `[reward embedding; token embeddings]` with explicit positions gives the same logits."""
+def test_matches_manual_construction(arch, position, num_rewards, data, make_model):
+    """The base model fed `[reward embedding; token embeddings]` with explicit positions gives the same logits."""
     model = make_model(*arch, reward_position=position, num_rewards=num_rewards)
     batch = data.draw(batches(position, num_rewards=num_rewards))
     input_ids, kwargs, starts = batch_inputs(model, batch)
@@ -278,8 +259,8 @@ def generation_case(data, position):
 
 
 @given(arch=st.sampled_from(ARCHS), position=st.sampled_from(["prefix", "before_completion"]), data=st.data())
-def test_cached_generation_matches_recomputation(arch, position, data):
-    """4. Cached greedy generation equals full recomputation without cache, and batched equals single-row."""
+def test_cached_generation_matches_recomputation(arch, position, data, make_model):
+    """Cached greedy generation equals full recomputation without cache, and batched equals single-row."""
     model = make_model(*arch, reward_position=position)
     rows, rewards = generation_case(data, position)
     input_ids, attention_mask, _ = pad_rows(rows, "left", data.draw(st.integers(0, 2)))
@@ -321,8 +302,8 @@ def test_cached_generation_matches_recomputation(arch, position, data):
 
 
 @given(arch=st.sampled_from(ARCHS), position=st.sampled_from(["prefix", "before_completion"]), data=st.data())
-def test_reward_matters(arch, position, data):
-    """5. Different rewards give different logits at the first generation step (conditionme's silent regression)."""
+def test_reward_matters(arch, position, data, make_model):
+    """Different rewards give different logits at the first generation step (conditionme's silent regression)."""
     model = make_model(*arch, reward_position=position)
     tokens = data.draw(st.lists(st.integers(3, VOCAB - 1), min_size=1, max_size=6))
     low = data.draw(st.floats(-10, 10, width=32))
@@ -343,8 +324,8 @@ def test_reward_matters(arch, position, data):
 
 
 @given(arch=st.sampled_from(ARCHS), position=st.sampled_from(["prefix", "before_completion"]), data=st.data())
-def test_loss_matches_manual_cross_entropy(arch, position, data):
-    """6. The loss equals a manual cross-entropy over real tokens; exactly one -100 is added per row."""
+def test_loss_matches_manual_cross_entropy(arch, position, data, make_model):
+    """The loss equals a manual cross-entropy over real tokens; exactly one -100 is added per row."""
     model = make_model(*arch, reward_position=position)
     batch = data.draw(batches(position))
     input_ids, kwargs, starts = batch_inputs(model, batch)
@@ -394,8 +375,8 @@ def test_loss_matches_manual_cross_entropy(arch, position, data):
 
 
 @given(arch=st.sampled_from(ARCHS), position=st.sampled_from(["prefix", "before_completion"]), data=st.data())
-def test_zero_reward_head_is_base_with_shifted_positions(arch, position, data):
-    """7. With a zero reward head, the model is the base model fed one zero embedding, positions shifted by one."""
+def test_zero_reward_head_is_base_with_shifted_positions(arch, position, data, make_model):
+    """With a zero reward head, the model is the base model fed one zero embedding, positions shifted by one."""
     model = make_model(*arch, reward_position=position)
     zero = RewardConditionedCausalLM(model.config, base=model.model).eval()
     with torch.no_grad():
@@ -428,8 +409,8 @@ def test_zero_reward_head_is_base_with_shifted_positions(arch, position, data):
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_save_load_round_trip(arch, tmp_path):
-    """8. Save/load gives identical logits, also through `AutoModelForCausalLM`; the base loads on its own."""
+def test_save_load_round_trip(arch, tmp_path, make_model):
+    """Save/load (also sharded) gives identical logits, also through `AutoModelForCausalLM`; the base exports alone."""
     model = make_model(arch, "eager", reward_position="before_completion", num_rewards=2, use_null_reward=True)
     input_ids, attention_mask, _ = pad_rows([[5, 6, 7], [1, 8, 9, 10, 11]], "left")
     kwargs = {
@@ -474,7 +455,7 @@ def test_save_load_round_trip(arch, tmp_path):
     assert tied == (arch == "gpt2")
 
 
-def test_from_base_keeps_base_weights():
+def test_from_base_keeps_base_weights(make_base):
     base = make_base("gpt2", seed=3)
     before = {name: value.clone() for name, value in base.state_dict().items()}
     model = RewardConditionedCausalLM.from_base(base)
@@ -486,7 +467,7 @@ def test_from_base_keeps_base_weights():
 
 
 @given(arch=st.sampled_from(ARCHS), num_beams=st.integers(2, 3), data=st.data())
-def test_beam_search_and_num_return_sequences(arch, num_beams, data):
+def test_beam_search_and_num_return_sequences(arch, num_beams, data, make_model):
     """Beams see their own row's reward: each row of a batch gets the beams it gets alone."""
     model = make_model(*arch)
     rows, rewards = generation_case(data, "prefix")
@@ -500,7 +481,7 @@ def test_beam_search_and_num_return_sequences(arch, num_beams, data):
         assert alone[:, len(tokens) :].tolist() == sequences[2 * i : 2 * i + 2, input_ids.shape[1] :].tolist()
 
 
-def test_sampling_and_extreme_targets():
+def test_sampling_and_extreme_targets(make_model):
     model = make_model("llama", "sdpa")
     input_ids, attention_mask, _ = pad_rows([[5, 6], [7, 8, 9]], "left")
     torch.manual_seed(0)
@@ -513,7 +494,7 @@ def test_sampling_and_extreme_targets():
     assert torch.isfinite(logits).all()
 
 
-def test_null_reward_and_reward_mask():
+def test_null_reward_and_reward_mask(make_model):
     model = make_model("gpt2", "eager", num_rewards=2, use_null_reward=True)
     input_ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
     rewards = torch.tensor([[1.0, float("nan")], [2.0, -1.0]])
@@ -538,7 +519,7 @@ def test_null_reward_and_reward_mask():
     assert sequences.shape == (2, 6)
 
 
-def test_gradient_reaches_reward_head_and_base():
+def test_gradient_reaches_reward_head_and_base(make_base):
     model = RewardConditionedCausalLM.from_base(make_base("gpt2"), use_null_reward=True)
     input_ids = torch.tensor([[0, 5, 6, 7], [8, 9, 10, 11]])
     mask = (input_ids != PAD).long()
@@ -548,7 +529,7 @@ def test_gradient_reaches_reward_head_and_base():
     assert model.model.get_input_embeddings().weight.grad.abs().sum() > 0
 
 
-def test_peft_lora_on_inner_model(tmp_path):
+def test_peft_lora_on_inner_model(tmp_path, make_base):
     peft = pytest.importorskip("peft")
     model = RewardConditionedCausalLM.from_base(make_base("gpt2"))
     model.save_pretrained(tmp_path / "start")
@@ -609,14 +590,14 @@ def error_cases():
 
 
 @pytest.mark.parametrize("case", range(len(error_cases()[0])))
-def test_bad_input_raises_clear_error(case):
+def test_bad_input_raises_clear_error(case, make_model):
     (position, kwargs, message), ids = error_cases()[0][case], error_cases()[1]
     model = make_model("gpt2", "eager", reward_position=position)
     with pytest.raises(ValueError, match=message):
         model(ids, **kwargs)
 
 
-def test_bad_generation_input_and_config():
+def test_bad_generation_input_and_config(make_model):
     model = make_model("gpt2", "eager")
     with pytest.raises(ValueError, match="left padded"):
         model.generate(torch.tensor([[5, 6, 0]]), attention_mask=torch.tensor([[1, 1, 0]]), rewards=torch.ones(1))
@@ -630,17 +611,17 @@ def test_bad_generation_input_and_config():
         RewardConditionedCausalLMConfig(reward_std=[0.0])
 
 
-def test_base_without_inputs_embeds_is_rejected_at_construction():
+def test_base_without_inputs_embeds_is_rejected_at_construction(make_base):
     class NoEmbedsLM(GPT2LMHeadModel):
         def forward(self, input_ids=None, attention_mask=None, position_ids=None, labels=None):
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
 
     torch.manual_seed(0)
     with pytest.raises(ValueError, match="inputs_embeds"):
-        RewardConditionedCausalLM.from_base(NoEmbedsLM(base_config("gpt2")))
+        RewardConditionedCausalLM.from_base(NoEmbedsLM(make_base("gpt2").config))
 
 
-def test_bf16_base_keeps_float32_reward_head():
+def test_bf16_base_keeps_float32_reward_head(make_base):
     model = RewardConditionedCausalLM.from_base(make_base("llama").to(torch.bfloat16))
     assert model.reward_head.linear.weight.dtype == torch.float32
     embedded = model.embed_rewards(torch.tensor([1.0, 2.0]), None, batch_size=2)
@@ -650,7 +631,7 @@ def test_bf16_base_keeps_float32_reward_head():
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+def test_gradient_checkpointing_gives_the_same_gradients(make_base):
     input_ids = torch.tensor([[0, 5, 6, 7], [8, 9, 10, 11]])
     kwargs = {"attention_mask": (input_ids != PAD).long(), "rewards": torch.tensor([1.0, -1.0]), "labels": input_ids}
     grads = []
@@ -668,7 +649,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 # Standard checkpoint, transformers' generate semantics, safe saves and input checks
 
 
-def test_old_layout_is_refused_and_the_documented_recipe_converts_it(tmp_path):
+def test_old_layout_is_refused_and_the_documented_recipe_converts_it(tmp_path, make_model):
     model = make_model("gpt2", "eager", reward_position="before_completion", use_null_reward=True)
     old = tmp_path / "old"
     model.model.save_pretrained(old / "base")
@@ -712,7 +693,7 @@ def manual_greedy(model, input_ids, rewards, processors, new):
         ({"min_new_tokens": 3}, lambda T: MinNewTokensLengthLogitsProcessor(T, 3, EOS)),
     ],
 )
-def test_generate_processors_see_the_prompt(position, option, processor):
+def test_generate_processors_see_the_prompt(position, option, processor, make_model):
     model = make_model("gpt2", "eager", reward_position=position)
     rewards = torch.tensor([2.0])
     if position == "before_completion":  # the reference needs the prompt length the model uses at generation time
@@ -736,7 +717,7 @@ def test_generate_processors_see_the_prompt(position, option, processor):
         assert not set(sequences[0, 4:].tolist()) & set(input_ids[0].tolist())
 
 
-def test_generate_counts_the_prompt_and_honours_generation_config():
+def test_generate_counts_the_prompt_and_honours_generation_config(make_base):
     model = RewardConditionedCausalLM.from_base(make_base("gpt2"))
     prompt = torch.tensor([[5, 6, 7, 8, 9, 10]])
     assert model.generate(prompt, rewards=torch.ones(1), max_length=8, min_length=8).shape == (1, 8)
@@ -747,7 +728,7 @@ def test_generate_counts_the_prompt_and_honours_generation_config():
     assert RewardConditionedCausalLM.from_base(base).generate(prompt, rewards=torch.ones(1)).shape == (1, 9)
 
 
-def test_generate_stop_strings(tiny_tokenizer):
+def test_generate_stop_strings(tiny_tokenizer, make_model):
     model = make_model("llama", "eager")
     prompt = torch.tensor([tiny_tokenizer("The movie was")["input_ids"]])
     kwargs = {"rewards": torch.tensor([1.0]), "do_sample": False, "pad_token_id": PAD, "eos_token_id": EOS}
@@ -758,7 +739,7 @@ def test_generate_stop_strings(tiny_tokenizer):
     assert stopped.tolist() == full[:, : prompt.shape[1] + first + 1].tolist()
 
 
-def test_sampling_matches_the_base_semantics():
+def test_sampling_matches_the_base_semantics(make_model):
     """Seeded sampling equals sampling by hand from the same processed scores."""
     model = make_model("gpt2", "eager")
     input_ids, rewards = torch.tensor([[5, 6, 7]]), torch.tensor([1.0])
@@ -773,7 +754,7 @@ def test_sampling_matches_the_base_semantics():
     assert sequences.tolist() == expected[:, : sequences.shape[1]].tolist()
 
 
-def test_save_into_a_model_folder_replaces_it_or_leaves_it_untouched(tmp_path, monkeypatch):
+def test_save_into_a_model_folder_replaces_it_or_leaves_it_untouched(tmp_path, monkeypatch, make_base):
     old = RewardConditionedCausalLM.from_base(make_base("gpt2", seed=1))
     old.save_pretrained(tmp_path / "ckpt")
     (tmp_path / "ckpt" / "tokenizer.json").write_text("{}")
@@ -813,7 +794,7 @@ def input_check_cases():
 
 
 @pytest.mark.parametrize("case", range(len(input_check_cases()[0])))
-def test_model_input_checks(case):
+def test_model_input_checks(case, make_model):
     (position, kwargs, message), ids = input_check_cases()[0][case], input_check_cases()[1]
     model = make_model("gpt2", "eager", reward_position=position)
     kwargs = {"input_ids": ids, **kwargs}
@@ -821,7 +802,7 @@ def test_model_input_checks(case):
         model(**kwargs)
 
 
-def test_reward_stats_checks():
+def test_reward_stats_checks(make_base):
     with pytest.raises(ValueError, match="at least"):
         RewardConditionedCausalLM.from_base(make_base("gpt2"), reward_std=[1e-46])
     with pytest.raises(TypeError, match=r"reward_mean=\[0.1\]"):
@@ -836,8 +817,8 @@ def test_reward_stats_checks():
         model(torch.tensor([[5, 6]]), rewards=torch.ones(1))
 
 
-def test_sequence_classification_base_is_rejected():
-    config = base_config("gpt2")
+def test_sequence_classification_base_is_rejected(make_base):
+    config = make_base("gpt2").config
     config.num_labels = 1
     with pytest.raises(ValueError, match="language-modeling head"):
         RewardConditionedCausalLM.from_base(AutoModelForSequenceClassification.from_config(config))
