@@ -289,9 +289,8 @@ def test_resume_refuses_a_checkpoint_of_another_number_of_processes(uninterrupte
 
 def test_sample_generations_do_not_change_a_resumed_run(tiny_tokenizer, tmp_path):
     # The sampled completions for the logs come right after a checkpoint: they must not move the RNGs it recorded
-    eval_dataset = Dataset.from_dict(
-        {"input_ids": [tiny_tokenizer(p)["input_ids"] for p in PROMPTS[:8]]}
-    )  # one eval batch
+    # 8 rows: one full eval batch (accelerate 1.4.0 yields `None` from an empty eval dataloader)
+    eval_dataset = Dataset.from_dict({"input_ids": [tiny_tokenizer(p)["input_ids"] for p in PROMPTS[:8]]})
     settings = {"updates": 4, "save_steps": 2, "num_sample_generations": 4, "eval_dataset": eval_dataset}
     uninterrupted = make_trainer(tiny_tokenizer, tmp_path / "a", **settings)
     uninterrupted.train()
