@@ -5,6 +5,7 @@ The identities: `guidance_scale=1` is plain conditioned generation, `guidance_sc
 hand; cached equals recomputed; batched equals one row at a time; beam search and sampling work.
 """
 
+import copy
 import os
 
 import pytest
@@ -15,44 +16,32 @@ from hypothesis import strategies as st
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
-
 from trl.experimental.reward_conditioning import RewardConditionedCausalLM
 
 
 PAD, BOS, EOS = 0, 1, 2
 
 
-def make_model(arch, position, use_null_reward=True):
-    special = dict(vocab_size=64, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
-    if arch == "gpt2":
-        config = GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=64, initializer_range=0.2, **special)
-    else:
-        config = LlamaConfig(
-            num_hidden_layers=2,
-            hidden_size=32,
-            intermediate_size=64,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            initializer_range=0.2,
-            **special,
-        )
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+KEYS = [(arch, position) for arch in ("gpt2", "llama") for position in ("prefix", "before_completion")]
+
+
+def guided_model(base, position, use_null_reward=True):
     model = RewardConditionedCausalLM.from_base(base, reward_position=position, use_null_reward=use_null_reward)
     with torch.no_grad():
+        torch.manual_seed(1)
         model.reward_head.linear.weight.normal_(std=2.0)
         if use_null_reward:
             model.reward_head.null_reward.fill_(-1.5)
     return model.eval()
 
 
-MODELS = {
-    (arch, position): make_model(arch, position)
-    for arch in ("gpt2", "llama")
-    for position in ("prefix", "before_completion")
-}
+@pytest.fixture(scope="session")
+def models(tiny_causal_lm):
+    """One tiny model with a null reward per (architecture, reward position)."""
+    base = {
+        arch: tiny_causal_lm(arch, attn_implementation="eager", initializer_range=0.2) for arch in ("gpt2", "llama")
+    }
+    return {(arch, position): guided_model(copy.deepcopy(base[arch]), position) for arch, position in KEYS}
 
 
 @st.composite
@@ -68,13 +57,12 @@ def prompts(draw):
     return rows, input_ids, attention_mask, rewards
 
 
-KEYS = st.sampled_from(list(MODELS))
 GREEDY = {"max_new_tokens": 4, "min_new_tokens": 4, "do_sample": False, "pad_token_id": PAD}
 
 
-@given(key=KEYS, case=prompts())
-def test_scale_one_is_plain_and_scale_zero_is_the_null_reward(key, case):
-    model = MODELS[key]
+@given(key=st.sampled_from(KEYS), case=prompts())
+def test_scale_one_is_plain_and_scale_zero_is_the_null_reward(key, case, models):
+    model = models[key]
     _, input_ids, attention_mask, rewards = case
     options = {**GREEDY, "repetition_penalty": 1.3}
     plain = model.generate(input_ids, attention_mask=attention_mask, rewards=rewards, **options)
@@ -96,9 +84,9 @@ def test_scale_one_is_plain_and_scale_zero_is_the_null_reward(key, case):
     assert torch.equal(zero, contrast)
 
 
-@given(key=KEYS, case=prompts(), scale=st.floats(0.0, 4.0))
-def test_guided_scores_are_the_mix_cached_equals_recomputed_and_batched_equals_single(key, case, scale):
-    model = MODELS[key]
+@given(key=st.sampled_from(KEYS), case=prompts(), scale=st.floats(0.0, 4.0))
+def test_guided_scores_are_the_mix_cached_equals_recomputed_and_batched_equals_single(key, case, scale, models):
+    model = models[key]
     rows, input_ids, attention_mask, rewards = case
     kwargs = {"attention_mask": attention_mask, "rewards": rewards, "guidance_scale": scale, **GREEDY}
     out = model.generate(input_ids, output_scores=True, return_dict_in_generate=True, **kwargs)
@@ -127,9 +115,9 @@ def test_guided_scores_are_the_mix_cached_equals_recomputed_and_batched_equals_s
         assert alone[0, len(row) :].tolist() == out.sequences[i, width:].tolist()
 
 
-@given(key=KEYS, case=prompts(), num_beams=st.integers(2, 3))
-def test_beam_search_cached_equals_recomputed(key, case, num_beams):
-    model = MODELS[key]
+@given(key=st.sampled_from(KEYS), case=prompts(), num_beams=st.integers(2, 3))
+def test_beam_search_cached_equals_recomputed(key, case, num_beams, models):
+    model = models[key]
     rows, input_ids, attention_mask, rewards = case
     kwargs = {"num_beams": num_beams, "num_return_sequences": 2, "guidance_scale": 2.5, "repetition_penalty": 1.2}
     kwargs.update(attention_mask=attention_mask, rewards=rewards, **GREEDY)
@@ -144,8 +132,8 @@ def test_beam_search_cached_equals_recomputed(key, case, num_beams):
         assert alone[:, len(row) :].tolist() == cached[2 * i : 2 * i + 2, input_ids.shape[1] :].tolist()
 
 
-def test_sampling_cached_equals_recomputed():
-    model = MODELS[("llama", "prefix")]
+def test_sampling_cached_equals_recomputed(models):
+    model = models[("llama", "prefix")]
     input_ids = torch.tensor([[0, 5, 6], [7, 8, 9]])
     kwargs = {"attention_mask": (input_ids != PAD).long(), "rewards": torch.tensor([2.0, -2.0]), "guidance_scale": 3.0}
     kwargs.update(
@@ -157,11 +145,11 @@ def test_sampling_cached_equals_recomputed():
     assert torch.equal(cached, model.generate(input_ids, use_cache=False, **kwargs))
 
 
-def test_guidance_errors():
-    model = MODELS[("gpt2", "prefix")]
+def test_guidance_errors(models, tiny_causal_lm):
+    model = models[("gpt2", "prefix")]
     with pytest.raises(ValueError, match=">= 0"):
         model.generate(torch.tensor([[5, 6]]), rewards=torch.ones(1), guidance_scale=-1.0, max_new_tokens=1)
-    no_null = make_model("gpt2", "prefix", use_null_reward=False)
+    no_null = guided_model(tiny_causal_lm("gpt2"), "prefix", use_null_reward=False)
     with pytest.raises(ValueError, match="use_null_reward=False"):
         no_null.generate(torch.tensor([[5, 6]]), rewards=torch.ones(1), guidance_scale=2.0, max_new_tokens=1)
     # With a contrast reward, no null reward is needed
