@@ -7,7 +7,7 @@ DEMO := .venv-demo
 TORCH := torch==2.13.0
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: fork export check wheel sdist quality style test test-distributed test-trl116 ci demo bench bench-short clean
+.PHONY: fork export check wheel sdist quality style test test-distributed test-trl116 ci demo bench clean
 
 $(TOOLS)/.done: requirements/tools.txt
 	$(PYTHON) -m venv $(TOOLS)
@@ -55,7 +55,7 @@ test-distributed: $(TOOLS)/.done
 test-trl116: $(TOOLS)/.done
 	$(TOOLS)/bin/tox run -e py311-trl116 --skip-missing-interpreters false
 
-# The README's test command: lint, the patch set, the matrix, and the multi-process tests (about 2 minutes on CPU).
+# The README's test command: lint, the patch set, the matrix, and the multi-process tests.
 ci: quality check test test-distributed
 
 $(DEMO)/.done: requirements/demo.txt patches/series $(wildcard patches/*.patch) upstream.cfg
@@ -72,10 +72,6 @@ demo: $(DEMO)/.done
 
 bench: $(DEMO)/.done
 	$(DEMO)/bin/python -m benchmarks.conditioning_quality
-
-# The same arms in the demo's regime (16-token completions), where the tiny model learns some conditioning on CPU.
-bench-short: $(DEMO)/.done
-	$(DEMO)/bin/python -m benchmarks.conditioning_quality --short --out docs/results/short
 
 clean:
 	rm -rf build dist .tox $(TOOLS) $(DEMO) .cache
