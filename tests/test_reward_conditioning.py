@@ -302,6 +302,17 @@ def test_cached_generation_matches_recomputation(arch, position, data, make_mode
 
 
 @given(arch=st.sampled_from(ARCHS), position=st.sampled_from(["prefix", "before_completion"]), data=st.data())
+def test_logits_to_keep_gives_the_last_logits(arch, position, data, make_model):
+    model = make_model(*arch, reward_position=position)
+    input_ids, kwargs, _ = batch_inputs(model, data.draw(batches(position)))
+    keep = data.draw(st.integers(1, input_ids.shape[1]))
+    with torch.no_grad():
+        full = model(input_ids, **kwargs).logits
+        kept = model(input_ids, logits_to_keep=keep, **kwargs).logits
+    torch.testing.assert_close(kept, full[:, -keep:], atol=ATOL, rtol=0)
+
+
+@given(arch=st.sampled_from(ARCHS), position=st.sampled_from(["prefix", "before_completion"]), data=st.data())
 def test_reward_matters(arch, position, data, make_model):
     """Different rewards give different logits at the first generation step (conditionme's silent regression)."""
     model = make_model(*arch, reward_position=position)
