@@ -769,7 +769,9 @@ def test_save_into_a_model_folder_replaces_it_or_leaves_it_untouched(tmp_path, m
     old = RewardConditionedCausalLM.from_base(make_base("gpt2", seed=1))
     old.save_pretrained(tmp_path / "ckpt")
     (tmp_path / "ckpt" / "tokenizer.json").write_text("{}")
-    before = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()}
+    (tmp_path / "ckpt" / "runs").mkdir()
+    (tmp_path / "ckpt" / "runs" / "events").write_text("logged")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir() if p.is_file()}
     new = RewardConditionedCausalLM.from_base(make_base("gpt2", seed=2))
 
     def fail_midway(self, save_directory, *args, **kwargs):
@@ -780,12 +782,14 @@ def test_save_into_a_model_folder_replaces_it_or_leaves_it_untouched(tmp_path, m
         patch.setattr(PreTrainedModel, "save_pretrained", fail_midway)
         with pytest.raises(OSError, match="disk full"):
             new.save_pretrained(tmp_path / "ckpt")
-    assert {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()} == before
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir() if p.is_file()} == before
+    assert (tmp_path / "ckpt" / "runs" / "events").read_text() == "logged"
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # no temporary folder left behind
 
     new.save_pretrained(tmp_path / "ckpt")
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]
     assert (tmp_path / "ckpt" / "tokenizer.json").read_text() == "{}"  # not the model's: kept
+    assert (tmp_path / "ckpt" / "runs" / "events").read_text() == "logged"
     loaded = RewardConditionedCausalLM.from_pretrained(tmp_path / "ckpt")
     for name, value in new.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
