@@ -1,12 +1,15 @@
 """What keeping the PPO critic costs at save time.
 
 Builds a PPOTrainer on a small GPT-2 policy and critic (6 layers, 256 dims by default, built from configs) and times
-`trainer.save_model` with `save_value_model=True` and `False`, alternating, `--repeats` times each. Prints the median
+`trainer.save_model` with `save_value_model=True` and `False`, alternating, `--repeats` times each. Reports the median
 times, their ratio, and the bound the issue sets: 1.1 x (policy bytes + critic bytes) / policy bytes, the bytes being
-the sizes of the `model.safetensors` files written. Prints ratios, never asserts on time.
+the sizes of the `model.safetensors` files written. Never asserts on time. Writes `docs/results/save_value_model.json`
+and `docs/results/save_value_model.md`; with `--append` it keeps the entries of other transformers versions already
+in the JSON file and replaces only this version's.
 
     python -m benchmarks.bench_save_value_model
-    python -m benchmarks.bench_save_value_model --layers 12 --dims 768 --repeats 5
+    python -m benchmarks.bench_save_value_model --append    # with another transformers, to add its row
+    python -m benchmarks.bench_save_value_model --layers 12 --dims 768 --repeats 5 --out /tmp/results
 """
 
 import os
@@ -16,20 +19,27 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 import argparse
+import json
+import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+import transformers
 from datasets import Dataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config, PreTrainedTokenizerFast
 
+import trl
 from trl.experimental.ppo import PPOConfig, PPOTrainer
 
 
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 TEXT = ["The film was a delight from start to finish.", "A dull plot and wooden acting.", "I would watch it again."]
 
 
@@ -94,14 +104,7 @@ def build_trainer(args, output_dir):
     )
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--dims", type=int, default=256)
-    parser.add_argument("--vocab", type=int, default=2048)
-    parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args()
-
+def measure(args):
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(args, Path(tmp) / "run")
         times = {False: [], True: []}
@@ -120,11 +123,86 @@ def main():
     without, with_critic = statistics.median(times[False]), statistics.median(times[True])
     ratio = with_critic / without
     bound = 1.1 * (policy_bytes + critic_bytes) / policy_bytes
-    print(f"GPT-2 {args.layers} layers x {args.dims} dims, vocab {args.vocab}, {args.repeats} repeats, median")
-    print(f"policy {policy_bytes / 2**20:.1f} MiB, critic {critic_bytes / 2**20:.1f} MiB")
-    print(f"save without critic: {without * 1000:.1f} ms   with critic: {with_critic * 1000:.1f} ms")
-    print(f"ratio (with / without): {ratio:.2f}   bound 1.1 x (policy + critic) / policy: {bound:.2f}")
-    print("within bound" if ratio <= bound else "ABOVE BOUND")
+    return {
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "trl": trl.__version__,
+        "command": " ".join(["python -m benchmarks.bench_save_value_model", *sys.argv[1:]]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch thread(s), "
+        f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, {platform.platform()}",
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "setup": f"GPT-2 policy and critic of {args.layers} layers x {args.dims} dims, vocabulary {args.vocab}, "
+        f"float32, {args.repeats} timed repeats of each after one warm-up round, median",
+        "policy_bytes": policy_bytes,
+        "critic_bytes": critic_bytes,
+        "seconds_without_critic": times[False],
+        "seconds_with_critic": times[True],
+        "median_without_critic": without,
+        "median_with_critic": with_critic,
+        "ratio": ratio,
+        "bound": bound,
+        "within_bound": ratio <= bound,
+    }
+
+
+def write_markdown(runs):
+    lines = [
+        "# Cost of saving the PPO critic (`save_value_model=True`)",
+        "",
+        "Written by `benchmarks/bench_save_value_model.py` from `save_value_model.json`; do not edit by hand.",
+        "",
+        (
+            "`trainer.save_model` timed with and without the critic, alternating; the bound is 1.1 x (policy bytes + "
+            "critic bytes) / policy bytes, from the sizes of the `model.safetensors` files written."
+        ),
+        "",
+        "| transformers | torch | policy | critic | without critic | with critic | ratio | bound | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for run in runs:
+        lines.append(
+            f"| {run['transformers']} | {run['torch']} | {run['policy_bytes'] / 2**20:.1f} MiB "
+            f"| {run['critic_bytes'] / 2**20:.1f} MiB | {run['median_without_critic'] * 1000:.1f} ms "
+            f"| {run['median_with_critic'] * 1000:.1f} ms | {run['ratio']:.2f} | {run['bound']:.2f} "
+            f"| {'within bound' if run['within_bound'] else 'ABOVE BOUND'} |"
+        )
+    for run in runs:
+        lines += [
+            "",
+            f"## transformers {run['transformers']}",
+            "",
+            f"- Command: `{run['command']}`",
+            f"- Setup: {run['setup']}.",
+            f"- Machine: {run['machine']}; {run['date']}.",
+            f"- Versions: python {run['python']}, torch {run['torch']}, transformers {run['transformers']}, trl {run['trl']}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--dims", type=int, default=256)
+    parser.add_argument("--vocab", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--append", action="store_true", help="keep other transformers versions' entries")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    run = measure(args)
+    print(
+        f"save without critic: {run['median_without_critic'] * 1000:.1f} ms   "
+        f"with critic: {run['median_with_critic'] * 1000:.1f} ms"
+    )
+    print(f"ratio (with / without): {run['ratio']:.2f}   bound 1.1 x (policy + critic) / policy: {run['bound']:.2f}")
+    json_path = args.out / "save_value_model.json"
+    runs = json.loads(json_path.read_text())["runs"] if args.append and json_path.exists() else []
+    runs = [r for r in runs if r["transformers"] != run["transformers"]] + [run]
+    runs.sort(key=lambda r: r["transformers"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    (args.out / "save_value_model.md").write_text(write_markdown(runs))
 
 
 if __name__ == "__main__":
