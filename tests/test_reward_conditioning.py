@@ -837,3 +837,35 @@ def test_sequence_classification_base_is_rejected(make_base):
     config.num_labels = 1
     with pytest.raises(ValueError, match="language-modeling head"):
         RewardConditionedCausalLM.from_base(AutoModelForSequenceClassification.from_config(config))
+
+
+@pytest.mark.parametrize("position", ["prefix", "before_completion"])
+def test_unpadded_batches_reach_the_base_without_a_mask(position, make_model, monkeypatch):
+    """Like transformers' generate, an unpadded batch lets the base model skip building an attention mask."""
+    model = make_model("llama", "sdpa", reward_position=position)
+    input_ids, rewards = torch.tensor([[1, 5, 6, 7], [8, 9, 10, 11]]), torch.tensor([1.0, -1.0])
+    masks = []
+    forward = model.model.forward
+
+    def recording_forward(*args, **kwargs):
+        masks.append(kwargs.get("attention_mask"))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model.model, "forward", recording_forward)
+    kwargs = {"prompt_lengths": torch.tensor([2, 1])} if position == "before_completion" else {}
+    with torch.no_grad():
+        unmasked = model(input_ids, rewards=rewards, **kwargs).logits
+        masked = model(input_ids, attention_mask=torch.ones_like(input_ids), rewards=rewards, **kwargs).logits
+    assert masks[0] is None and masks[1] is not None
+    torch.testing.assert_close(unmasked, masked, atol=ATOL, rtol=0)
+    masks.clear()
+    sequences = model.generate(input_ids, rewards=rewards, max_new_tokens=3, do_sample=False, pad_token_id=PAD)
+    masked = model.generate(
+        input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        rewards=rewards,
+        max_new_tokens=3,
+        do_sample=False,
+        pad_token_id=PAD,
+    )
+    assert torch.equal(sequences, masked)
