@@ -55,8 +55,8 @@ N_TRAIN_PROMPTS = 4096
 BATCH_SIZE = 32
 N_UPDATES = 64
 POLICY_LR = 1e-4
-CRITIC_LR = 1e-3
-CRITIC_WARMUP_STEPS = 16  # measured: a higher Pearson r on 2 of 2 seeds, at the cost of 16 fewer policy updates
+CRITIC_LR = 3e-3  # measured: higher critic r than 1e-3 with critic_warmup_steps=16 on both seeds
+CRITIC_WARMUP_STEPS = 16  # measured: higher critic r than 0 on both seeds, at the cost of 16 fewer policy updates
 N_EVAL_PROMPTS = 512
 SAMPLES_PER_PROMPT = 8
 LOG_EVERY = 8
