@@ -307,9 +307,11 @@ def tiny_lm(seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
             save_model(model, str(tmp / "model.safetensors"))
             (tmp / "pretraining.json").write_text(json.dumps(log, indent=2) + "\n")
             tmp.rename(path)
-        except BaseException:
+        except BaseException as error:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            # Another process building the same seed may have renamed its identical copy in first: load that one.
+            if not (isinstance(error, OSError) and path.is_dir()):
+                raise
     tokenizer = _wrap_tokenizer(Tokenizer.from_file(str(path / "tokenizer.json")))
     model = GPT2LMHeadModel(_tiny_config(tokenizer))
     load_model(model, str(path / "model.safetensors"))
