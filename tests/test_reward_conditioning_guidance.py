@@ -10,7 +10,7 @@ import os
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 
@@ -57,9 +57,13 @@ def prompts(draw):
     return rows, input_ids, attention_mask, rewards
 
 
+# Each example runs several generations of two models: at most 25 examples keep the CI run in its time budget.
+FEW = settings(max_examples=min(settings.default.max_examples, 25))
+
 GREEDY = {"max_new_tokens": 4, "min_new_tokens": 4, "do_sample": False, "pad_token_id": PAD}
 
 
+@FEW
 @given(key=st.sampled_from(KEYS), case=prompts())
 def test_scale_one_is_plain_and_scale_zero_is_the_null_reward(key, case, models):
     model = models[key]
@@ -84,6 +88,7 @@ def test_scale_one_is_plain_and_scale_zero_is_the_null_reward(key, case, models)
     assert torch.equal(zero, contrast)
 
 
+@FEW
 @given(key=st.sampled_from(KEYS), case=prompts(), scale=st.floats(0.0, 4.0))
 def test_guided_scores_are_the_mix_cached_equals_recomputed_and_batched_equals_single(key, case, scale, models):
     model = models[key]
@@ -115,6 +120,7 @@ def test_guided_scores_are_the_mix_cached_equals_recomputed_and_batched_equals_s
         assert alone[0, len(row) :].tolist() == out.sequences[i, width:].tolist()
 
 
+@FEW
 @given(key=st.sampled_from(KEYS), case=prompts(), num_beams=st.integers(2, 3))
 def test_beam_search_cached_equals_recomputed(key, case, num_beams, models):
     model = models[key]
