@@ -56,7 +56,7 @@ def get_requires_for_build_sdist(config_settings=None):
 
 
 def build_sdist(sdist_directory, config_settings=None):
-    """An sdist of our own files only, named and versioned as the fork (`trl-1.12.0+fork.1.tar.gz`)."""
+    """An sdist of our own files only, named and versioned as the fork (e.g. `trl-1.12.0+fork.2.tar.gz`)."""
     root = Path.cwd()
     pin = patchset.read_pin(root)
     base = f"{pin.name}-{pin.fork_version}"
