@@ -34,7 +34,7 @@ import transformers
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config
 
-from benchmarks.bench_save_value_model import byte_level_tokenizer
+from benchmarks.bench_save_value_model import byte_level_tokenizer, write_runs
 from trl.experimental.ppo import PPOConfig, PPOTrainer
 
 
@@ -185,13 +185,7 @@ def main():
 
     run = measure()
     print(json.dumps(run["max_weight_difference"], indent=2))
-    json_path = args.out / "ppo_resume.json"
-    runs = json.loads(json_path.read_text())["runs"] if args.append and json_path.exists() else []
-    runs = [r for r in runs if r["transformers"] != run["transformers"]] + [run]
-    runs.sort(key=lambda r: r["transformers"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
-    (args.out / "ppo_resume.md").write_text(write_markdown(runs))
+    write_runs(args.out, "ppo_resume", run, args.append, write_markdown)
 
 
 if __name__ == "__main__":

@@ -180,6 +180,18 @@ def write_markdown(runs):
     return "\n".join(lines) + "\n"
 
 
+def write_runs(out, name, run, append, write_markdown):
+    """Writes `out/<name>.json` (one run per transformers version; with `append`, the other versions' runs are kept)
+    and the page `out/<name>.md` that `write_markdown(runs)` makes from it."""
+    json_path = out / f"{name}.json"
+    runs = json.loads(json_path.read_text())["runs"] if append and json_path.exists() else []
+    runs = [r for r in runs if r["transformers"] != run["transformers"]] + [run]
+    runs.sort(key=lambda r: r["transformers"])
+    out.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    (out / f"{name}.md").write_text(write_markdown(runs))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=6)
@@ -196,13 +208,7 @@ def main():
         f"with critic: {run['median_with_critic'] * 1000:.1f} ms"
     )
     print(f"ratio (with / without): {run['ratio']:.2f}   bound 1.1 x (policy + critic) / policy: {run['bound']:.2f}")
-    json_path = args.out / "save_value_model.json"
-    runs = json.loads(json_path.read_text())["runs"] if args.append and json_path.exists() else []
-    runs = [r for r in runs if r["transformers"] != run["transformers"]] + [run]
-    runs.sort(key=lambda r: r["transformers"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
-    (args.out / "save_value_model.md").write_text(write_markdown(runs))
+    write_runs(args.out, "save_value_model", run, args.append, write_markdown)
 
 
 if __name__ == "__main__":
