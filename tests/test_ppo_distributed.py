@@ -141,43 +141,62 @@ def test_deepspeed_zero3_without_gather_fails_at_construction(tiny_tokenizer, tm
     assert not list(tmp_path.glob("checkpoint-*"))
 
 
-def resume_worker(out):
-    """Trains 6 updates with a checkpoint at 4, resumes a new trainer from it, and compares the final weights."""
+def tiny(model_class, seed, num_labels=None):
     import torch
+    from transformers import GPT2Config
+
+    config = GPT2Config(vocab_size=320, n_positions=64, n_embd=32, n_layer=2, n_head=2, pad_token_id=0)
+    if num_labels is not None:
+        config.num_labels = num_labels
+    torch.manual_seed(seed)
+    return model_class.from_config(config)
+
+
+def tokenizer_and_dataset(out):
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, GPT2Config
-
-    from trl.experimental.ppo import PPOConfig, PPOTrainer
-
-    def tiny(model_class, seed, num_labels=None):
-        config = GPT2Config(vocab_size=320, n_positions=64, n_embd=32, n_layer=2, n_head=2, pad_token_id=0)
-        if num_labels is not None:
-            config.num_labels = num_labels
-        torch.manual_seed(seed)
-        return model_class.from_config(config)
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
-    dataset = Dataset.from_dict({"input_ids": [tokenizer(prompt)["input_ids"] for prompt in PROMPTS]})
+    return tokenizer, Dataset.from_dict({"input_ids": [tokenizer(prompt)["input_ids"] for prompt in PROMPTS]})
+
+
+def ppo_config(output_dir, **kwargs):
+    """The workers' PPOConfig: CPU settings, a checkpoint every `save_steps` updates, the critic kept."""
+    from trl.experimental.ppo import PPOConfig
+
+    return PPOConfig(
+        output_dir=str(output_dir),
+        bf16=False,
+        gradient_checkpointing=False,
+        num_sample_generations=0,
+        report_to="none",
+        disable_tqdm=True,
+        local_rollout_forward_batch_size=4,
+        learning_rate=1e-3,
+        save_strategy="steps",
+        save_value_model=True,
+        **kwargs,
+    )
+
+
+def resume_worker(out):
+    """Trains 6 updates with a checkpoint at 4, resumes a new trainer from it, and compares the final weights."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from trl.experimental.ppo import PPOTrainer
+
+    tokenizer, dataset = tokenizer_and_dataset(out)
 
     def trainer(output_dir):
-        args = PPOConfig(
-            output_dir=str(output_dir),
-            bf16=False,
-            gradient_checkpointing=False,
-            num_sample_generations=0,
-            report_to="none",
-            disable_tqdm=True,
+        args = ppo_config(
+            output_dir,
             response_length=4,
             per_device_train_batch_size=2,
             gradient_accumulation_steps=2,
-            local_rollout_forward_batch_size=4,
             # 6 updates of 4 prompts per process; with 2 processes, 3 updates per epoch of 24 prompts
             total_episodes=4 * int(os.environ.get("WORLD_SIZE", "1")) * 6,
             num_ppo_epochs=2,
-            learning_rate=1e-3,
-            save_strategy="steps",
             save_steps=4,
-            save_value_model=True,
         )
         return PPOTrainer(
             args=args,
@@ -214,36 +233,18 @@ def resume_worker(out):
 
 def worker(out):
     import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, GPT2Config
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from trl.experimental.ppo import PPOConfig, PPOTrainer
+    from trl.experimental.ppo import PPOTrainer
 
-    def tiny(model_class, seed, num_labels=None):
-        config = GPT2Config(vocab_size=320, n_positions=64, n_embd=32, n_layer=2, n_head=2, pad_token_id=0)
-        if num_labels is not None:
-            config.num_labels = num_labels
-        torch.manual_seed(seed)
-        return model_class.from_config(config)
-
-    tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
-    dataset = Dataset.from_dict({"input_ids": [tokenizer(prompt)["input_ids"] for prompt in PROMPTS]})
-    args = PPOConfig(
-        output_dir=str(out),
-        bf16=False,
-        gradient_checkpointing=False,
-        num_sample_generations=0,
-        report_to="none",
-        disable_tqdm=True,
+    tokenizer, dataset = tokenizer_and_dataset(out)
+    args = ppo_config(
+        out,
         response_length=3,
         per_device_train_batch_size=4,
-        local_rollout_forward_batch_size=4,
         total_episodes=8 * int(os.environ.get("WORLD_SIZE", "1")),
         num_ppo_epochs=1,
-        learning_rate=1e-3,
-        save_strategy="steps",
         save_steps=1,
-        save_value_model=True,
     )
     critic = tiny(AutoModelForSequenceClassification, seed=1, num_labels=1)
     initial_critic = {name: tensor.clone() for name, tensor in critic.state_dict().items()}
