@@ -283,13 +283,9 @@ class ScalarTrainer(RewardConditionedTrainer):
 
     def create_optimizer(self, *args, **kwargs):
         if self.optimizer is None:
-            head = [p for n, p in self.model.named_parameters() if "reward_head" in n or "null_reward" in n]
-            head_ids = {id(p) for p in head}
-            rest = [p for p in self.model.parameters() if id(p) not in head_ids]
             lr = self.args.learning_rate
-            self.optimizer = torch.optim.AdamW(
-                [{"params": rest}, {"params": head, "lr": lr * HEAD_LR_MULT}], lr=lr, weight_decay=0.0
-            )
+            groups = realdata.reward_head_param_groups(self.model, lr, HEAD_LR_MULT)
+            self.optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
         return self.optimizer
 
 

@@ -21,6 +21,7 @@ from transformers.utils.logging import disable_progress_bar
 from realdata import (
     CACHE_DIR,
     prompt_completion_reward,
+    reward_head_param_groups,
     sentiment_accuracy,
     sentiment_logit,
     tiny_lm,
@@ -58,11 +59,9 @@ class HeadLRTrainer(RewardConditionedTrainer):
 
     def create_optimizer(self, *args, **kwargs):
         if self.optimizer is None:
-            head = [p for n, p in self.model.named_parameters() if "reward_head" in n or "null_reward" in n]
-            head_ids = {id(p) for p in head}
-            rest = [p for p in self.model.parameters() if id(p) not in head_ids]
             lr = self.args.learning_rate
-            self.optimizer = torch.optim.AdamW([{"params": rest}, {"params": head, "lr": lr * HEAD_LR_MULT}], lr=lr)
+            groups = reward_head_param_groups(self.model, lr, HEAD_LR_MULT)
+            self.optimizer = torch.optim.AdamW(groups, lr=lr)
         return self.optimizer
 
 
