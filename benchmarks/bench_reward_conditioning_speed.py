@@ -5,7 +5,8 @@ One extra position per row costs at least (T + 1) / T. The goals are a condition
 cache and the same batch. Classifier-free guidance on the reward (`guidance_scale`) runs a second, unconditional
 branch, so guided generation costs about twice plain conditioned generation; the guided / plain time ratio is printed
 too. All contestants run interleaved in one process (medians over repeats), so machine load hits them alike; ratios
-are medians of per-repeat ratios. Prints ratios; asserts nothing.
+are medians of per-repeat ratios. Asserts nothing: prints the ratios and writes them, with every setting, to
+`docs/results/reward_conditioning_speed.json` and the page `docs/results/reward_conditioning_speed.md` made from it.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_reward_conditioning_speed.py            # CPU, a few minutes
     python benchmarks/bench_reward_conditioning_speed.py --device cuda --hidden 1024 --layers 8
@@ -13,11 +14,15 @@ are medians of per-repeat ratios. Prints ratios; asserts nothing.
 
 import argparse
 import copy
+import json
 import os
+import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
+import transformers
 
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -38,6 +43,9 @@ def parse_args():
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs")
+    parser.add_argument("--output-dir", default=str(Path(__file__).resolve().parent.parent / "docs" / "results"))
+    parser.add_argument("--note", default="", help="said on the page, e.g. that the machine was shared")
     return parser.parse_args()
 
 
@@ -56,7 +64,7 @@ def timed(function, name, device):
 
 def main():
     args = parse_args()
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     config = LlamaConfig(
         vocab_size=args.vocab,
         hidden_size=args.hidden,
@@ -183,6 +191,77 @@ def main():
         f"guided generation (guidance_scale=2): {gen['guided']:.1f} tok/s; time ratio guided/plain conditioned: "
         f"{guided_ratio:.4f} (two forward branches: about 2 is the floor on CPU)"
     )
+    results = {
+        "settings": {
+            "device": device_name,
+            "threads": torch.get_num_threads(),
+            "layers": args.layers,
+            "hidden": args.hidden,
+            "vocab": args.vocab,
+            "batch": args.batch,
+            "seq_len": args.seq_len,
+            "prompt_len": args.prompt_len,
+            "new_tokens": args.new_tokens,
+            "repeats": args.repeats,
+            "seed": args.seed,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+            "note": args.note,
+        },
+        "train_step_seconds_per_repeat": step_times,
+        "generation_seconds_per_repeat": generate_times,
+        "train_step_seconds": step,
+        "generation_tokens_per_second": gen,
+        "ratios": {
+            "train_step_conditioned_over_base": step_ratio,
+            "train_step_floor": floor,
+            "train_step_conditioned_over_base_on_T_plus_1": plus_one_ratio,
+            "generation_tokens_per_second_conditioned_over_base": gen_ratio,
+            "generation_time_guided_over_plain": guided_ratio,
+        },
+    }
+    write_results(results, Path(args.output_dir))
+
+
+GOALS = {
+    "train_step_conditioned_over_base": ("<=", 1.034),
+    "generation_tokens_per_second_conditioned_over_base": (">=", 0.97),
+    "generation_time_guided_over_plain": ("<=", 2.0),
+}
+
+
+def write_results(results, output_dir):
+    """Write the JSON and the page made from it: every number on the page comes from the JSON."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "reward_conditioning_speed.json").write_text(json.dumps(results, indent=2) + "\n")
+    settings, ratios = results["settings"], results["ratios"]
+    lines = [
+        "# Reward conditioning: speed",
+        "",
+        "Written by `benchmarks/bench_reward_conditioning_speed.py` from `reward_conditioning_speed.json`; do not edit.",
+        "",
+        (
+            f"Setting: {settings['device']}, {settings['threads']} thread(s), torch {settings['torch']}, transformers "
+            f"{settings['transformers']}; a Llama-shaped model with {settings['layers']} layers, hidden size "
+            f"{settings['hidden']}, vocabulary {settings['vocab']}; batch {settings['batch']} left-padded rows of "
+            f"{settings['seq_len']} tokens for training, prompts of {settings['prompt_len']} tokens and "
+            f"{settings['new_tokens']} new tokens (greedy, KV cache) for generation; medians of {settings['repeats']} "
+            f"interleaved repeats, seed {settings['seed']}."
+        ),
+        "",
+    ]
+    if settings["note"]:
+        lines += [f"Note: {settings['note']}", ""]
+    lines += ["| ratio | value | goal |", "| --- | --- | --- |"]
+    for name, value in ratios.items():
+        goal = " ".join(map(str, GOALS[name])) if name in GOALS else ""
+        lines.append(f"| {name} | {value:.4f} | {goal} |")
+    lines += ["", "| train step (median) | seconds |", "| --- | --- |"]
+    lines += [f"| {name} | {value:.4f} |" for name, value in results["train_step_seconds"].items()]
+    lines += ["", "| generation (median) | tokens/s |", "| --- | --- |"]
+    lines += [f"| {name} | {value:.1f} |" for name, value in results["generation_tokens_per_second"].items()]
+    (output_dir / "reward_conditioning_speed.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
