@@ -21,7 +21,6 @@ from transformers.utils.logging import disable_progress_bar
 from realdata import (
     CACHE_DIR,
     prompt_completion_reward,
-    reward_head_param_groups,
     sentiment_accuracy,
     sentiment_logit,
     tiny_lm,
@@ -52,17 +51,6 @@ class CompactLog(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if "loss" in logs and state.global_step % LOG_EVERY == 0:
             print(f"   step {state.global_step}/{state.max_steps}: loss {logs['loss']:.3f}", flush=True)
-
-
-class HeadLRTrainer(RewardConditionedTrainer):
-    """The reward head and the null reward in their own AdamW group, at `HEAD_LR_MULT` times the learning rate."""
-
-    def create_optimizer(self, *args, **kwargs):
-        if self.optimizer is None:
-            lr = self.args.learning_rate
-            groups = reward_head_param_groups(self.model, lr, HEAD_LR_MULT)
-            self.optimizer = torch.optim.AdamW(groups, lr=lr)
-        return self.optimizer
 
 
 @torch.no_grad()
@@ -126,6 +114,8 @@ def main() -> None:
         gradient_checkpointing=False,
         seed=SEED,
         learning_rate=LEARNING_RATE,
+        reward_head_learning_rate=LEARNING_RATE * HEAD_LR_MULT,
+        weight_decay=0.01,
         lr_scheduler_type="cosine",
         warmup_steps=25,
         per_device_train_batch_size=BATCH_SIZE,
@@ -137,7 +127,9 @@ def main() -> None:
         report_to="none",
         disable_tqdm=True,
     )
-    trainer = HeadLRTrainer(model=base, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer = RewardConditionedTrainer(
+        model=base, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(CompactLog())
     trainer.train()

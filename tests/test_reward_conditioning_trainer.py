@@ -19,6 +19,7 @@ Everything runs on the tiny GPT-2 of the `tiny_causal_lm` fixture and `tiny_toke
 
 import copy
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ import torch
 from datasets import Dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from transformers import TrainerCallback
 
 from trl.experimental.reward_conditioning import (
     RewardConditionedCausalLM,
@@ -196,6 +198,30 @@ def test_normalize_rewards_false_keeps_model_stats(tiny_causal_lm, tiny_tokenize
         processing_class=tiny_tokenizer,
     )
     assert (list(trainer.model.config.reward_mean), list(trainer.model.config.reward_std)) == before
+
+
+def test_trained_model_keeps_its_reward_stats(tiny_causal_lm, tiny_tokenizer, tmp_path):
+    # A first run fits the statistics on its data; continuing from the saved model on other data keeps them, since
+    # the trained reward head reads rewards standardized with them. `normalize_rewards=True` re-fits on request.
+    first = RewardConditionedTrainer(
+        tiny_causal_lm(), make_args(tmp_path), train_dataset=make_dataset(8), processing_class=tiny_tokenizer
+    )
+    fitted = (list(first.model.config.reward_mean), list(first.model.config.reward_std))
+    assert fitted != ([0.0], [1.0])
+    first.save_model(str(tmp_path / "trained"))
+    other_data = make_dataset(8, [100.0 + 10.0 * i for i in range(8)])
+    for model in (str(tmp_path / "trained"), first.model):
+        kept = RewardConditionedTrainer(
+            model, make_args(tmp_path), train_dataset=other_data, processing_class=tiny_tokenizer
+        )
+        assert (kept.model.config.reward_mean, kept.model.config.reward_std) == fitted
+    refit = RewardConditionedTrainer(
+        str(tmp_path / "trained"),
+        make_args(tmp_path, normalize_rewards=True),
+        train_dataset=other_data,
+        processing_class=tiny_tokenizer,
+    )
+    assert refit.model.config.reward_mean == pytest.approx([135.0])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -465,6 +491,49 @@ def test_peft_with_gradient_checkpointing_saves_and_reloads(tiny_causal_lm, tiny
         torch.testing.assert_close(merged(**inputs).logits, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_auto_peft_loads_the_adapter_of_a_saved_reward_conditioned_model(
+    tiny_causal_lm, tiny_tokenizer, tmp_path, caplog
+):
+    from peft import AutoPeftModelForCausalLM, LoraConfig
+
+    def train(model, name):
+        trainer = RewardConditionedTrainer(
+            model,
+            make_args(tmp_path, max_steps=2, learning_rate=1e-2),
+            train_dataset=make_dataset(8),
+            processing_class=tiny_tokenizer,
+            peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], lora_dropout=0.0),
+        )
+        trainer.train()
+        trainer.save_model(str(tmp_path / name))
+        return trainer
+
+    # The documented way: save the reward-conditioned model with its statistics, train from its path
+    start = RewardConditionedCausalLM.from_base(tiny_causal_lm(), num_rewards=1, reward_mean=[0.5], reward_std=[2.0])
+    start.save_pretrained(str(tmp_path / "rc-start"))
+    with caplog.at_level("WARNING"):
+        trainer = train(str(tmp_path / "rc-start"), "adapter")
+    assert "AutoPeftModelForCausalLM" not in caplog.text
+    loaded = AutoPeftModelForCausalLM.from_pretrained(str(tmp_path / "adapter"), import_allowlist=["trl"]).eval()
+    assert loaded.get_base_model().config.reward_mean == [0.5]
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "rewards")}
+    trainer.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, trainer.model(**inputs).logits)
+
+    # A base built in memory, or statistics fitted here, have no saved copy: say so when the trainer is built, and
+    # leave no path in the adapter that would load another model
+    fresh = RewardConditionedCausalLM.from_base(tiny_causal_lm(), num_rewards=1)
+    fresh.save_pretrained(str(tmp_path / "rc-fresh"))
+    for model, name in ((tiny_causal_lm(), "in-memory"), (str(tmp_path / "rc-fresh"), "refitted")):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            trainer = train(model, name)
+        assert "cannot be loaded with `AutoPeftModelForCausalLM`" in caplog.text
+        assert trainer.model.peft_config["default"].base_model_name_or_path is None
+
+
 def test_reward_dropout_uses_the_null_reward(tiny_causal_lm, tiny_tokenizer, tmp_path):
     args = make_args(tmp_path, per_device_train_batch_size=64, max_steps=1, reward_dropout=0.5, seed=3)
     trainer = RewardConditionedTrainer(
@@ -646,6 +715,73 @@ def test_empty_completion_names_the_row(tiny_causal_lm, tiny_tokenizer, out_dir,
         )
 
 
+@pytest.mark.parametrize("conversational, prompt", [(True, []), (True, None), (False, None)])
+@given(n=st.integers(2, 8), data=st.data())
+def test_empty_or_missing_prompt_names_the_row(
+    tiny_causal_lm, tiny_tokenizer, out_dir, conversational, prompt, n, data
+):
+    # A conversational row needs a prompt message: the chat template raised without naming the row, and an empty list
+    # could crash with an IndexError. A standard prompt must be a string (it may be empty).
+    bad_row = data.draw(st.integers(0, n - 1))
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    rows = make_dataset(n).to_list()
+    for i, row in enumerate(rows):
+        if conversational:
+            row["prompt"] = [{"role": "user", "content": row["prompt"]}]
+            row["completion"] = [{"role": "assistant", "content": row["completion"]}]
+        if i == bad_row:
+            row["prompt"] = prompt
+    with pytest.raises(
+        (ValueError, TypeError), match=rf"Row {bad_row} of the train dataset has prompt {re.escape(repr(prompt))}"
+    ):
+        RewardConditionedTrainer(
+            tiny_causal_lm(), make_args(out_dir), train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+        )
+
+
+@pytest.mark.parametrize("reward_position", ["prefix", "before_completion"])
+def test_empty_standard_prompt_trains(tiny_causal_lm, tiny_tokenizer, tmp_path, reward_position):
+    # An empty string prompt is fine: the reward conditions the whole text (its first token is then predicted)
+    dataset = make_dataset(4).remove_columns("prompt").add_column("prompt", ["", "The acting", "", "Not worth"])
+    trainer = RewardConditionedTrainer(
+        tiny_causal_lm(),
+        make_args(tmp_path, max_steps=1, reward_position=reward_position),
+        train_dataset=dataset,
+        processing_class=tiny_tokenizer,
+    )
+    row = trainer.train_dataset[0]
+    assert row["prompt_length"] == 0 and row["labels"] == row["input_ids"]
+    assert math.isfinite(trainer.train().training_loss)
+
+
+@pytest.mark.parametrize(
+    "rewards, message",
+    [
+        ([[1.0], [float("nan")]], r"Example 1 of the batch has `rewards` \[nan\]; expected finite"),
+        ([[1.0], [float("inf")]], r"Example 1 .*expected finite"),
+        ([[1.0], [1.0, 2.0]], r"Example 1 of the batch has 2 reward\(s\) \(\[1.0, 2.0\]\); expected 1"),
+        ([[1.0, 2.0], [1.0, 2.0]], r"Example 0 of the batch has 2 reward\(s\).*expected 1"),
+        ([1.0, 2.0], r"Example 0 of the batch has `rewards` 1.0; expected a list of numbers"),
+    ],
+)
+def test_collator_refuses_bad_rewards(rewards, message):
+    from trl.experimental.reward_conditioning.reward_conditioning_trainer import DataCollatorForRewardConditioning
+
+    examples = [{"input_ids": [5, 6], "labels": [5, 6], "rewards": r, "prompt_length": 1} for r in rewards]
+    with pytest.raises(ValueError, match=message):
+        DataCollatorForRewardConditioning(pad_token_id=0, num_rewards=1)(examples)
+
+
+def test_trainer_collator_checks_the_model_reward_width(tiny_causal_lm, tiny_tokenizer, tmp_path):
+    trainer = RewardConditionedTrainer(
+        tiny_causal_lm(), make_args(tmp_path), train_dataset=make_dataset(4), processing_class=tiny_tokenizer
+    )
+    rows = [dict(trainer.train_dataset[i], rewards=[0.0, 1.0]) for i in range(2)]
+    with pytest.raises(ValueError, match=r"has 2 reward\(s\) \(\[0.0, 1.0\]\); expected 1, the model's `num_rewards`"):
+        trainer.data_collator(rows)
+
+
 @pytest.mark.parametrize("missing", ["prompt", "completion", "reward"])
 def test_missing_column(tiny_causal_lm, tiny_tokenizer, tmp_path, missing):
     dataset = make_dataset(4).remove_columns(missing)
@@ -733,6 +869,8 @@ def test_model_and_config_mismatches(tiny_causal_lm, tiny_tokenizer, tmp_path):
         ({"reward_dropout": -0.1}, "probability"),
         ({"reward_position": "middle"}, "reward_position"),
         ({"max_length": 1}, "at least 2"),
+        ({"reward_head_learning_rate": float("nan")}, "reward_head_learning_rate"),
+        ({"reward_head_learning_rate": -1e-3}, "reward_head_learning_rate"),
     ],
 )
 def test_config_validation(tmp_path, kwargs, message):
@@ -791,6 +929,132 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_causal_lm, tiny_t
     resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-2"))
     for (name, param), expected in zip(resumed.model.named_parameters(), straight.model.parameters(), strict=True):
         torch.testing.assert_close(param, expected, msg=name)
+
+
+def test_resume_true_skips_an_incomplete_last_checkpoint(tiny_causal_lm, tiny_tokenizer, tmp_path, caplog):
+    def trainer(max_steps):
+        args = make_args(tmp_path, max_steps=max_steps, save_strategy="steps", save_steps=2)
+        return RewardConditionedTrainer(
+            tiny_causal_lm(), args, train_dataset=make_dataset(12), processing_class=tiny_tokenizer
+        )
+
+    output_dir = tmp_path / "out"
+    with pytest.raises(ValueError, match="has no complete checkpoint"):
+        trainer(4).train(resume_from_checkpoint=True)
+    trainer(2).train()
+    # Left by processes killed while writing: an empty folder, and one with weights but no trainer state
+    (output_dir / "checkpoint-4").mkdir()
+    (output_dir / "checkpoint-6").mkdir()
+    (output_dir / "checkpoint-6" / "config.json").write_text("{}")
+    resumed = trainer(4)
+    steps = []
+    resumed.add_callback(
+        type("Steps", (TrainerCallback,), {"on_step_end": lambda *a, **k: steps.append(a[2].global_step)})
+    )
+    with caplog.at_level("WARNING"):
+        resumed.train(resume_from_checkpoint=True)
+    assert "checkpoint-4" in caplog.text and "checkpoint-6" in caplog.text and "checkpoint-2" in caplog.text
+    assert steps == [3, 4], "the run did not resume from checkpoint-2"
+
+
+def test_reward_head_learning_rate_groups_schedule_and_resume(tiny_causal_lm, tiny_tokenizer, tmp_path):
+    def trainer(output_dir):
+        args = make_args(
+            tmp_path,
+            output_dir=str(output_dir),
+            max_steps=4,
+            learning_rate=1e-3,
+            reward_head_learning_rate=1e-2,
+            weight_decay=0.1,
+            lr_scheduler_type="linear",
+            reward_dropout=0.5,  # a null reward, in the head's groups too
+            save_strategy="steps",
+            save_steps=2,
+        )
+        return RewardConditionedTrainer(
+            tiny_causal_lm(), args, train_dataset=make_dataset(12), processing_class=tiny_tokenizer
+        )
+
+    straight = trainer(tmp_path / "run")
+    lrs = []
+    straight.add_callback(
+        type(
+            "Lrs",
+            (TrainerCallback,),
+            {"on_step_end": lambda *a, **k: lrs.append([g["lr"] for g in k["optimizer"].param_groups])},
+        )
+    )
+    straight.train()
+    names = {id(param): name for name, param in straight.model.named_parameters()}
+    groups = [({names[id(p)] for p in group["params"]}, group) for group in straight.optimizer.param_groups]
+    head = {"reward_head.linear.weight", "reward_head.linear.bias", "reward_head.null_reward"}
+    # Trainer's decay / no-decay groups, then the head's share of each, at the head's rate, same weight decay
+    assert [group["weight_decay"] for _, group in groups] == [0.1, 0.0, 0.1, 0.0]
+    assert groups[2][0] | groups[3][0] == head and not head & (groups[0][0] | groups[1][0])
+    assert "reward_head.linear.bias" in groups[3][0]
+    assert [group["initial_lr"] for _, group in groups] == [1e-3, 1e-3, 1e-2, 1e-2]
+    # The linear schedule scales every group alike: 3/4, 2/4, 1/4, 0 of the initial rates
+    for step, step_lrs in enumerate(lrs, start=1):
+        factor = (4 - step) / 4
+        assert step_lrs == pytest.approx([1e-3 * factor] * 2 + [1e-2 * factor] * 2)
+
+    # Interrupted after checkpoint-2: resuming reloads the groups, their rates and the schedule
+    saved = torch.load(tmp_path / "run" / "checkpoint-2" / "optimizer.pt", weights_only=True)
+    assert [group["lr"] for group in saved["param_groups"]] == pytest.approx([5e-4, 5e-4, 5e-3, 5e-3])
+    final = {name: param.detach().clone() for name, param in straight.model.named_parameters()}
+    resumed = trainer(tmp_path / "run")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == [g["lr"] for _, g in groups]
+    for name, param in resumed.model.named_parameters():
+        torch.testing.assert_close(param, final[name], msg=name)
+
+
+def test_reward_head_learning_rate_with_a_given_optimizer_is_refused(tiny_causal_lm, tiny_tokenizer, tmp_path):
+    model = tiny_causal_lm()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="an optimizer was passed"):
+        RewardConditionedTrainer(
+            model,
+            make_args(tmp_path, reward_head_learning_rate=1e-2),
+            train_dataset=make_dataset(4),
+            processing_class=tiny_tokenizer,
+            optimizers=(optimizer, None),
+        )
+
+
+def test_reward_head_learning_rate_with_a_layer_wise_optimizer_is_refused(tiny_causal_lm, tiny_tokenizer, tmp_path):
+    # Layer-wise optimizers (GaLore's, LOMO) step inside gradient hooks: Trainer's optimizer holds no real parameters
+    from transformers.trainer_pt_utils import LayerWiseDummyOptimizer
+
+    trainer = RewardConditionedTrainer(
+        tiny_causal_lm(),
+        make_args(tmp_path, reward_head_learning_rate=1e-2),
+        train_dataset=make_dataset(4),
+        processing_class=tiny_tokenizer,
+    )
+    trainer.get_optimizer_cls_and_kwargs = lambda args, model=None: (LayerWiseDummyOptimizer, {"optimizer_dict": {}})
+    with pytest.raises(ValueError, match=r"holds? the reward head's parameters.*LayerWiseDummyOptimizer"):
+        trainer.create_optimizer()
+
+
+def test_reward_head_learning_rate_with_peft(tiny_causal_lm, tiny_tokenizer, tmp_path):
+    from peft import LoraConfig
+
+    args = make_args(tmp_path, max_steps=1, learning_rate=1e-3, reward_head_learning_rate=1e-2)
+    trainer = RewardConditionedTrainer(
+        tiny_causal_lm(),
+        args,
+        train_dataset=make_dataset(8),
+        processing_class=tiny_tokenizer,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], lora_dropout=0.0),
+    )
+    trainer.train()
+    names = {id(param): name for name, param in trainer.model.named_parameters()}
+    by_lr = {}
+    for group in trainer.optimizer.param_groups:
+        by_lr.setdefault(group["initial_lr"], set()).update(names[id(p)] for p in group["params"])
+    assert by_lr[1e-2] and all("reward_head.modules_to_save" in name for name in by_lr[1e-2])
+    assert by_lr[1e-3] and all("lora_" in name for name in by_lr[1e-3])
 
 
 # ---------------------------------------------------------------------------------------------------------------
