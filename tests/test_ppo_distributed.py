@@ -156,7 +156,7 @@ def tokenizer_and_dataset(out):
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer", padding_side="left")
     return tokenizer, Dataset.from_dict({"input_ids": [tokenizer(prompt)["input_ids"] for prompt in PROMPTS]})
 
 

@@ -14,7 +14,8 @@
 
 """
 `PPOTrainer.train(resume_from_checkpoint=...)`: a run resumed at update 6 of 12 ends where the uninterrupted run ends,
-refusals of checkpoints that cannot resume, half-written checkpoints, warm starts and construction errors.
+refusals of checkpoints that cannot resume (another seed or dataset, damaged weights), half-written checkpoints and
+saves interrupted or failing on the way, warm starts and construction errors.
 
 The tolerance: a correct resume lands within float noise of the uninterrupted run, while a run that misses any one of
 the optimizer, the scheduler, the RNG states or the data position ends about 1e-3 away (see
@@ -22,7 +23,9 @@ the optimizer, the scheduler, the RNG states or the data position ends about 1e-
 """
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,6 +37,7 @@ from trl.experimental.ppo import PPOConfig, PPOTrainer
 
 WORDS = ["The movie", "A terrible film", "I loved every", "Boring, slow", "The director", "One of the best", "Not"]
 PROMPTS = [f"{a} {b}" for a in WORDS for b in WORDS][:20]  # 20 rows: 5 updates per epoch at batch size 4
+OTHER_PROMPTS = [f"{b} {a}" for a in WORDS for b in WORDS][:20]
 UPDATES, SAVE_AT = 12, 6
 TOLERANCE = 1e-4
 
@@ -49,7 +53,16 @@ def tiny(model_class, seed, num_labels=None):
 
 
 def make_trainer(
-    tokenizer, output_dir, *, rows=20, policy=None, critic=None, updates=UPDATES, eval_dataset=None, **config_kwargs
+    tokenizer,
+    output_dir,
+    *,
+    rows=20,
+    prompts=PROMPTS,
+    policy=None,
+    critic=None,
+    updates=UPDATES,
+    eval_dataset=None,
+    **config_kwargs,
 ):
     config_kwargs = {
         "num_sample_generations": 0,
@@ -58,8 +71,10 @@ def make_trainer(
         "save_steps": SAVE_AT,
         "per_device_train_batch_size": 2,
         "gradient_accumulation_steps": 2,
+        "seed": 0,
         **config_kwargs,
     }
+    batch_size = config_kwargs["per_device_train_batch_size"] * config_kwargs["gradient_accumulation_steps"]
     args = PPOConfig(
         output_dir=str(output_dir),
         bf16=False,
@@ -69,13 +84,12 @@ def make_trainer(
         logging_steps=1,
         response_length=4,
         local_rollout_forward_batch_size=4,
-        total_episodes=4 * updates,
+        total_episodes=updates * batch_size,
         num_ppo_epochs=2,
         learning_rate=1e-3,
-        seed=0,
         **config_kwargs,
     )
-    dataset = Dataset.from_dict({"input_ids": [tokenizer(prompt)["input_ids"] for prompt in PROMPTS[:rows]]})
+    dataset = Dataset.from_dict({"input_ids": [tokenizer(prompt)["input_ids"] for prompt in prompts[:rows]]})
     return PPOTrainer(
         args=args,
         processing_class=tokenizer,
@@ -298,3 +312,123 @@ def test_sample_generations_do_not_change_a_resumed_run(tiny_tokenizer, tmp_path
     resumed = make_trainer(tiny_tokenizer, tmp_path / "b", **settings)
     resumed.train(resume_from_checkpoint=True)
     assert max_difference(weights(resumed), weights(uninterrupted)) < TOLERANCE
+
+
+@pytest.mark.parametrize("save_at", [1, 2])
+def test_resume_in_the_middle_of_a_gradient_accumulation(tiny_tokenizer, tmp_path, save_at):
+    # Upstream's PPO tests' shape: minibatches of 3 rows made of micro-batches of 2 and 1, so an update makes 8
+    # micro-batch steps and the accumulation of 3 of them runs across minibatches and updates: after update 1 the
+    # checkpoint holds 2 accumulated micro-batches, after update 2 one
+    settings = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 3, "num_mini_batches": 2}
+    settings.update(updates=3, save_steps=1)
+    uninterrupted = make_trainer(tiny_tokenizer, tmp_path / "a", **settings)
+    uninterrupted.train()
+    shutil.copytree(tmp_path / "a" / f"checkpoint-{save_at}", tmp_path / "b" / f"checkpoint-{save_at}")
+    resumed = make_trainer(tiny_tokenizer, tmp_path / "b", **settings)
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.accelerator.step == uninterrupted.accelerator.step == 3 * 8
+    assert max_difference(weights(resumed), weights(uninterrupted)) < TOLERANCE
+
+
+def test_resume_refuses_another_accumulation_in_the_middle_of_one(tiny_tokenizer, tmp_path):
+    settings = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 3, "num_mini_batches": 2}
+    make_trainer(tiny_tokenizer, tmp_path, updates=1, save_steps=1, **settings).train()
+    assert (tmp_path / "checkpoint-1" / "accumulated_gradients.pt").is_file()  # 8 micro-batches: 2 wait for a step
+    # The same batch of 6 rows and minibatches of 3, in micro-batches of 3 accumulated by 2
+    settings = {"per_device_train_batch_size": 3, "gradient_accumulation_steps": 2, "num_mini_batches": 2}
+    trainer = make_trainer(tiny_tokenizer, tmp_path, updates=2, save_steps=1, **settings)
+    with pytest.raises(ValueError, match=r"2 of 3 micro-batches.*Resume with `gradient_accumulation_steps=3`"):
+        trainer.train(resume_from_checkpoint=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"seed": 1}, "`seed` 0, this one has 1"), ({"prompts": OTHER_PROMPTS}, "train dataset fingerprint")],
+)
+def test_resume_refuses_another_seed_or_dataset(uninterrupted, tiny_tokenizer, tmp_path, change, message):
+    # Both reorder the prompts: the resumed run would replay another data order than the checkpoint's run
+    out, _, _, _ = uninterrupted
+    trainer = make_trainer(tiny_tokenizer, tmp_path, **change)
+    before = weights(trainer)
+    with pytest.raises(ValueError, match=message):
+        trainer.train(resume_from_checkpoint=str(out / "checkpoint-6"))
+    assert max_difference(weights(trainer), before) == 0  # refused before anything was loaded or trained
+    assert trainer.state.global_step == 0
+
+
+def interrupt_critic_swap(folder, newer_critic):
+    """`folder` as a save leaves it when it dies between the renames `value_model` -> `.old`, `.tmp` -> `value_model`."""
+    os.replace(folder / "value_model", folder / "value_model.old")
+    newer_critic.save_pretrained(folder / "value_model.tmp")
+
+
+def test_resume_recovers_a_critic_swap_interrupted_between_its_renames(
+    uninterrupted, tiny_tokenizer, tmp_path, caplog
+):
+    # checkpoint-6 was being written again (a resumed run saving over it): its critic was swapped for a new one,
+    # written completely in `.tmp`, and the run died before the second rename
+    out, _, final, _ = uninterrupted
+    checkpoint = tmp_path / "checkpoint-6"
+    shutil.copytree(out / "checkpoint-6", checkpoint)
+    critic = AutoModelForSequenceClassification.from_pretrained(checkpoint / "value_model", dtype=torch.float32)
+    shutil.rmtree(checkpoint / "value_model")
+    tiny(AutoModelForSequenceClassification, seed=5, num_labels=1).save_pretrained(checkpoint / "value_model")
+    interrupt_critic_swap(checkpoint, critic)
+    trainer = make_trainer(tiny_tokenizer, tmp_path)
+    with caplog.at_level("WARNING"):
+        trainer.train(resume_from_checkpoint=True)
+    assert "Restored it from `value_model.tmp/`" in caplog.text
+    assert max_difference(weights(trainer), final) < TOLERANCE  # it resumed with the newest critic
+    assert sorted(path.name for path in checkpoint.glob("value_model*")) == ["value_model"]
+
+
+def test_a_save_after_an_interrupted_critic_swap_keeps_the_critic(tiny_tokenizer, tmp_path, monkeypatch):
+    trainer = make_trainer(tiny_tokenizer, tmp_path, save_strategy="no")
+    final = tmp_path / "final"
+    trainer.save_model(str(final))
+    critic = trainer.accelerator.unwrap_model(trainer.model).value_model
+    interrupt_critic_swap(final, critic)
+    # The next save fails while writing its critic: it must not have deleted the only complete ones first
+
+    def disk_full(save_directory, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(critic, "save_pretrained", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        trainer.save_model(str(final))
+    reloaded = AutoModelForSequenceClassification.from_pretrained(final / "value_model", dtype=torch.float32)
+    assert all(torch.equal(value, critic.state_dict()[key]) for key, value in reloaded.state_dict().items())
+
+
+@pytest.mark.parametrize("weights_file", ["model.safetensors", "value_model/model.safetensors"])
+def test_resume_names_a_truncated_weights_file(uninterrupted, tiny_tokenizer, tmp_path, weights_file):
+    out, _, _, _ = uninterrupted
+    checkpoint = tmp_path / "checkpoint-6"
+    shutil.copytree(out / "checkpoint-6", checkpoint)
+    path = checkpoint / weights_file
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # the disk filled up while it was written
+    trainer = make_trainer(tiny_tokenizer, tmp_path)
+    with pytest.raises(ValueError, match=r"checkpoint-6: its weights file .*" + weights_file + ".*earlier checkpoint"):
+        trainer.train(resume_from_checkpoint=True)
+    assert trainer.state.global_step == 0
+
+
+def test_a_failed_policy_write_keeps_the_earlier_save(tiny_tokenizer, tmp_path, monkeypatch):
+    trainer = make_trainer(tiny_tokenizer, tmp_path, save_strategy="no")
+    final = tmp_path / "final"
+    trainer.save_model(str(final))
+    earlier = {path.name: path.read_bytes() for path in final.iterdir() if path.is_file()}
+    assert "model.safetensors" in earlier
+    policy = trainer.accelerator.unwrap_model(trainer.model).policy
+
+    def disk_full(save_directory, **kwargs):
+        (Path(save_directory) / "config.json").write_text("{}")
+        (Path(save_directory) / "model.safetensors").write_bytes(b"\0" * 16)  # cut short
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(policy, "save_pretrained", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        trainer.save_model(str(final))
+    assert {path.name: path.read_bytes() for path in final.iterdir() if path.is_file()} == earlier
+    assert sorted(path.name for path in final.iterdir() if path.is_dir()) == ["value_model"]
+    AutoModelForCausalLM.from_pretrained(final)  # still loads
