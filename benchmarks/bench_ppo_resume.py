@@ -9,7 +9,12 @@ update 6, then:
   schedule, for the remaining 6 updates (what resuming used to amount to).
 
 and reports, for each, the largest absolute difference of any policy or critic weight from the first run's final
-weights, and the reward (`objective/scores`) of every update. Writes `docs/results/ppo_resume.json` and
+weights, and the reward (`objective/scores`) of the updates after the checkpoint, uninterrupted against resumed. The
+warm start's rewards are not reported: as a new run it replays the prompts and random draws of updates 1-6, and with
+weights this small the reward follows them, so its curve repeats the first run's updates 1-6 and says nothing about
+its weights. The same comparison runs in upstream's PPO test shape, micro-batches of 2 and 1 rows
+(`per_device_train_batch_size=2, gradient_accumulation_steps=3, num_mini_batches=2`), resumed from update 5, where the
+gradients of one micro-batch wait for the next optimizer step. Writes `docs/results/ppo_resume.json` and
 `docs/results/ppo_resume.md`; with `--append` it keeps the entries of other transformers versions already in the JSON
 file and replaces only this version's.
 
@@ -42,6 +47,9 @@ RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 WORDS = ["The movie", "A terrible film", "I loved every", "Boring, slow", "The director", "One of the best", "Not"]
 PROMPTS = [f"{a} {b}" for a in WORDS for b in WORDS][:20]
 UPDATES, SAVE_AT = 12, 6
+# Upstream's PPO test shape: 8 micro-batch steps per update, an optimizer step every 3, so update 5 ends between two
+UNEVEN = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 3, "num_mini_batches": 2}
+UNEVEN_SAVE_AT = 5
 
 
 def tiny(model_class, seed, vocab, num_labels=None):
@@ -53,8 +61,9 @@ def tiny(model_class, seed, vocab, num_labels=None):
     return model_class.from_config(config)
 
 
-def make_trainer(tokenizer, output_dir, updates, policy=None, critic=None):
+def make_trainer(tokenizer, output_dir, updates, policy=None, critic=None, save_steps=SAVE_AT, **shape):
     vocab = len(tokenizer)
+    shape = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2, **shape}
     args = PPOConfig(
         output_dir=str(output_dir),
         bf16=False,
@@ -64,16 +73,15 @@ def make_trainer(tokenizer, output_dir, updates, policy=None, critic=None):
         disable_tqdm=True,
         logging_steps=1,
         response_length=4,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=2,
         local_rollout_forward_batch_size=4,
-        total_episodes=4 * updates,
+        total_episodes=updates * shape["per_device_train_batch_size"] * shape["gradient_accumulation_steps"],
         num_ppo_epochs=2,
         learning_rate=1e-3,
         seed=0,
         save_value_model=True,
         save_strategy="steps",
-        save_steps=SAVE_AT,
+        save_steps=save_steps,
+        **shape,
     )
     return PPOTrainer(
         args=args,
@@ -98,25 +106,32 @@ def max_difference(a, b):
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-def rewards(trainer, first_update=1):
+def rewards_after_checkpoint(trainer):
+    """The reward of every update after the checkpoint (a resumed run's log history holds the earlier ones too)."""
     scores = [entry["objective/scores"] for entry in trainer.state.log_history if "objective/scores" in entry]
-    return dict(zip(range(first_update, first_update + len(scores)), scores, strict=True))
+    return {str(update): score for update, score in enumerate(scores, start=1) if update > SAVE_AT}  # JSON's keys
+
+
+def resumed_against_uninterrupted(tokenizer, tmp, save_at, **shape):
+    """Trains `UPDATES` updates with a checkpoint every `save_at`, resumes a new trainer from checkpoint-`save_at`."""
+    first = make_trainer(tokenizer, tmp / "first", UPDATES, save_steps=save_at, **shape)
+    first.train()
+    checkpoint = tmp / "first" / f"checkpoint-{save_at}"
+    shutil.copytree(checkpoint, tmp / "resumed" / checkpoint.name)
+    resumed = make_trainer(tokenizer, tmp / "resumed", UPDATES, save_steps=save_at, **shape)
+    resumed.train(resume_from_checkpoint=True)
+    return first, resumed, json.loads((checkpoint / "trainer_state.json").read_text())
 
 
 def measure():
     tokenizer = byte_level_tokenizer(320)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        first = make_trainer(tokenizer, tmp / "first", UPDATES)
-        first.train()
+        first, resumed, _ = resumed_against_uninterrupted(tokenizer, tmp, SAVE_AT)
         reference = weights(first)
 
         second = make_trainer(tokenizer, tmp / "second", UPDATES)
         second.train()
-
-        shutil.copytree(tmp / "first" / f"checkpoint-{SAVE_AT}", tmp / "resumed" / f"checkpoint-{SAVE_AT}")
-        resumed = make_trainer(tokenizer, tmp / "resumed", UPDATES)
-        resumed.train(resume_from_checkpoint=True)
 
         checkpoint = tmp / "first" / f"checkpoint-{SAVE_AT}"
         warm = make_trainer(
@@ -128,6 +143,10 @@ def measure():
         )
         warm.train()
 
+        uneven_first, uneven_resumed, uneven_state = resumed_against_uninterrupted(
+            tokenizer, tmp / "uneven", UNEVEN_SAVE_AT, **UNEVEN
+        )
+        uninterrupted_rewards, resumed_rewards = rewards_after_checkpoint(first), rewards_after_checkpoint(resumed)
         return {
             "transformers": transformers.__version__,
             "torch": torch.__version__,
@@ -138,10 +157,21 @@ def measure():
                 "resumed at update 6": max_difference(weights(resumed), reference),
                 "warm start at update 6 (fresh optimizer)": max_difference(weights(warm), reference),
             },
-            "rewards": {
-                "uninterrupted": rewards(first),
-                "resumed at update 6": rewards(resumed),  # its log history holds updates 1-6 from the checkpoint
-                "warm start at update 6 (fresh optimizer)": rewards(warm, first_update=SAVE_AT + 1),
+            "rewards_after_checkpoint": {"uninterrupted": uninterrupted_rewards, "resumed": resumed_rewards},
+            "max_reward_difference": max(
+                abs(uninterrupted_rewards[update] - resumed_rewards[update]) for update in uninterrupted_rewards
+            ),
+            "uneven_micro_batches": {
+                "setup": f"{UPDATES} updates of 6 prompts in minibatches of 3 rows, micro-batches of 2 and 1 rows "
+                f"(per_device_train_batch_size=2, gradient_accumulation_steps=3, num_mini_batches=2), checkpoint at "
+                f"update {UNEVEN_SAVE_AT}",
+                "micro_batches_waiting_at_checkpoint": uneven_state["accumulation_step"]
+                % uneven_state["gradient_accumulation_steps"],
+                "max_weight_difference": max_difference(weights(uneven_resumed), weights(uneven_first)),
+                "accelerator_step": {
+                    "uninterrupted": uneven_first.accelerator.step,
+                    "resumed": uneven_resumed.accelerator.step,
+                },
             },
         }
 
@@ -162,18 +192,48 @@ def write_markdown(runs):
     for run in runs:
         values = " | ".join(f"{value:.3g}" for value in run["max_weight_difference"].values())
         lines.append(f"| {run['transformers']} | {run['torch']} | {values} |")
+    lines += [
+        "",
+        "The warm start is a new run: it ends far from the uninterrupted run, as it should. Its rewards are not shown:",
+        "it replays the prompts and random draws of updates 1-6, and with weights this small the reward follows them.",
+        "",
+        f"## Reward (`objective/scores`) of the updates after the checkpoint at update {SAVE_AT}",
+        "",
+        "| transformers | update | uninterrupted | resumed |",
+        "| --- | --- | --- | --- |",
+    ]
     for run in runs:
-        curves = run["rewards"]
-        lines += [
-            "",
-            f"## Reward (`objective/scores`) per update, transformers {run['transformers']}",
-            "",
-            "| update | " + " | ".join(curves) + " |",
-            "| --- | " + " | ".join("---" for _ in curves) + " |",
-        ]
-        for update in range(1, UPDATES + 1):
-            cells = [curve.get(str(update), curve.get(update)) for curve in curves.values()]
-            lines.append(f"| {update} | " + " | ".join("" if c is None else f"{c:+.5f}" for c in cells) + " |")
+        curves = run["rewards_after_checkpoint"]
+        for update, reward in curves["uninterrupted"].items():
+            lines.append(
+                f"| {run['transformers']} | {update} | {reward:+.5f} | {curves['resumed'][str(update)]:+.5f} |"
+            )
+    lines += [
+        "",
+        "Largest difference: "
+        + ", ".join(f"{r['max_reward_difference']:.3g} ({r['transformers']})" for r in runs)
+        + ".",
+        "",
+        "## Micro-batches of 2 and 1 rows (upstream's PPO test shape)",
+        "",
+        (
+            f"Setup: {runs[0]['uneven_micro_batches']['setup']}. The optimizer steps every third micro-batch, across "
+            "minibatches and updates, so a checkpoint can hold gradients waiting for the next step."
+        ),
+        "",
+        (
+            "| transformers | micro-batches waiting at the checkpoint | largest weight difference, resumed vs "
+            "uninterrupted | accelerator step, uninterrupted | accelerator step, resumed |"
+        ),
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for run in runs:
+        uneven = run["uneven_micro_batches"]
+        lines.append(
+            f"| {run['transformers']} | {uneven['micro_batches_waiting_at_checkpoint']} | "
+            f"{uneven['max_weight_difference']:.3g} | {uneven['accelerator_step']['uninterrupted']} | "
+            f"{uneven['accelerator_step']['resumed']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
