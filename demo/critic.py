@@ -14,7 +14,8 @@ only (the prompt's own words are not the policy's doing), with the prompt-only b
 3. Value-guided decoding (`ValueGuidedLogitsProcessor`) against the policy alone and best-of-N scored by the critic.
 4. Warm start: a new PPO run with the saved critic against one with a fresh critic.
 
-The critic gets its own learning rate (an optimizer parameter group passed to `PPOTrainer`).
+The critic gets its own learning rate with `PPOConfig.critic_learning_rate` (`critic_common.CRITIC_LR`, against the
+policy's `POLICY_LR`).
 
 Run from the repository root: `python -m demo.critic` (`--results DIR` also writes the short version's `critic.json`
 and `critic.md` into DIR).
