@@ -1,0 +1,89 @@
+"""`RewardConditionedCausalLM.generate` with transformers' generation features beyond plain decoding.
+
+Prompt-cache reuse (transformers' documented pattern: fill a cache on a shared prefix, then generate each longer prompt
+from a copy of it) gives the tokens generation without the cache gives; assisted decoding, which cannot know about
+the reward's cache position, and cache reuse where the reward goes after the prompt are refused up front.
+"""
+
+import copy
+import os
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+from trl.experimental.reward_conditioning import RewardConditionedCausalLM
+
+
+PAD = 0
+
+
+def conditioned(base, position="prefix"):
+    model = RewardConditionedCausalLM.from_base(base, reward_position=position, use_null_reward=True)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        model.reward_head.linear.weight.normal_(std=2.0)  # a reward that moves the tokens
+        model.reward_head.null_reward.fill_(-1.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def models(tiny_causal_lm):
+    return {arch: conditioned(tiny_causal_lm(arch, initializer_range=0.2)) for arch in ("gpt2", "llama")}
+
+
+def left_padded(rows):
+    width = max(len(row) for row in rows)
+    ids = torch.tensor([[PAD] * (width - len(row)) + row for row in rows])  # (B, T)
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])  # (B, T)
+    return ids, mask
+
+
+@given(
+    arch=st.sampled_from(["gpt2", "llama"]),
+    prefix_lengths=st.lists(st.integers(1, 5), min_size=1, max_size=3),
+    suffix_length=st.integers(1, 4),
+    guidance_scale=st.sampled_from([None, 2.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_reusing_a_prompt_cache_generates_as_without_it(
+    models, arch, prefix_lengths, suffix_length, guidance_scale, seed
+):
+    model = models[arch]
+    generator = torch.Generator().manual_seed(seed)
+    prefixes = [torch.randint(3, 40, (n,), generator=generator).tolist() for n in prefix_lengths]
+    suffix = torch.randint(3, 40, (suffix_length,), generator=generator).tolist()
+    rewards = torch.randn(len(prefixes), generator=generator) * 2
+    prefix_ids, prefix_mask = left_padded(prefixes)
+    prompt_ids, prompt_mask = left_padded([prefix + suffix for prefix in prefixes])
+    options = dict(max_new_tokens=4, do_sample=False, guidance_scale=guidance_scale)
+
+    expected = model.generate(prompt_ids, attention_mask=prompt_mask, rewards=rewards, **options)
+    with torch.no_grad():
+        cache = model(prefix_ids, attention_mask=prefix_mask, rewards=rewards, use_cache=True).past_key_values
+    reused = model.generate(
+        prompt_ids, attention_mask=prompt_mask, rewards=rewards, past_key_values=copy.deepcopy(cache), **options
+    )
+    assert torch.equal(reused, expected)
+
+
+def test_reusing_a_prompt_cache_is_refused_when_the_reward_follows_the_prompt(tiny_causal_lm):
+    model = conditioned(tiny_causal_lm("gpt2"), position="before_completion")
+    prompt = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        cache = model(prompt[:, :2], rewards=torch.tensor([1.0]), prompt_lengths=torch.tensor([2])).past_key_values
+    with pytest.raises(ValueError, match="reused only with `reward_position='prefix'`"):
+        model.generate(prompt, rewards=torch.tensor([1.0]), past_key_values=cache, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("option", ["assistant_model", "prompt_lookup_num_tokens"])
+def test_assisted_decoding_is_refused_up_front(models, tiny_causal_lm, option):
+    value = tiny_causal_lm("gpt2").eval() if option == "assistant_model" else 2
+    with pytest.raises(ValueError, match=f"Assisted decoding \\(`{option}`\\) is not supported"):
+        models["gpt2"].generate(
+            torch.tensor([[5, 6, 7]]), rewards=torch.tensor([1.0]), max_new_tokens=2, **{option: value}
+        )
