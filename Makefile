@@ -7,7 +7,7 @@ DEMO := .venv-demo
 TORCH := torch==2.13.0
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: fork export check wheel sdist quality style test test-distributed test-trl116 ci demo bench bench-conditioning \
+.PHONY: fork export check wheel sdist quality style test test-distributed test-trl116 test-modeltests ci demo bench bench-conditioning \
 	bench-critic clean
 
 $(TOOLS)/.done: requirements/tools.txt
@@ -48,6 +48,10 @@ style: $(TOOLS)/.done
 test: $(TOOLS)/.done
 	$(TOOLS)/bin/tox run -e py311-tfmin,py311-tflatest,py311-trl116 --skip-missing-interpreters false
 
+# transformers' own ModelTesterMixin (from the installed transformers' sdist) on the reward-conditioned model.
+test-modeltests: $(TOOLS)/.done
+	$(TOOLS)/bin/tox run -e py311-tfmodeltests --skip-missing-interpreters false
+
 # DDP x2 and DeepSpeed ZeRO-2/3 on CPU, in processes of their own: a separate tox env, run by `make ci`.
 test-distributed: $(TOOLS)/.done
 	$(TOOLS)/bin/tox run -e py311-distributed --skip-missing-interpreters false
@@ -57,7 +61,7 @@ test-trl116: $(TOOLS)/.done
 	$(TOOLS)/bin/tox run -e py311-trl116 --skip-missing-interpreters false
 
 # The README's test command: lint, the patch set, the matrix, and the multi-process tests.
-ci: quality check test test-distributed
+ci: quality check test test-modeltests test-distributed
 
 $(DEMO)/.done: requirements/demo.txt patches/series $(wildcard patches/*.patch) upstream.cfg
 	$(PYTHON) -m venv $(DEMO)
