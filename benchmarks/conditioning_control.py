@@ -50,9 +50,6 @@ MULTI_SEED_ARMS = ("scalar", "quantile_tokens")  # every training seed; the othe
 CURVE_ARMS = ("scalar", "quantile_tokens")
 QUALITY = ("judge_perplexity", "mauve", "distinct_1", "distinct_2", "distinct_3", "repetition_rate")
 GOAL_BULK_R, GOAL_GUIDED_R, GOAL_QUALITY_RATIO, GOAL_JUDGE_RATIO = 0.5, 0.9, 0.9, 3.0
-# Control trains 3x longer than the shared "full" config (1,500 steps, 2.4 epochs): at 500 steps the scalar arm is
-# under-trained (seed 0, bulk r over sampling seeds 0-2: 0.30 at 500 steps, 0.57 at 1,500).
-FULL_MAX_STEPS = 1500
 
 
 def evaluate(bench, arm, model, tokenizer, rstats, reference, w=None):
@@ -247,8 +244,6 @@ def main(argv=None):
     mode = "quick" if args.quick else "full" if args.model == "tiny" else args.model
     start = time.perf_counter()
     bench = st.load_bench(mode)
-    if mode == "full":
-        bench.cfg["max_steps"] = FULL_MAX_STEPS
     extra = {"w": GUIDANCE_SCALES, "head": HEAD_LR_MULTS, "dropout": st.REWARD_DROPOUT}
     cache = st.StageCache(args.cache_dir, __file__, mode, bench.cfg, extra)
     setup = cache.get("setup", lambda: setup_stage(bench, cache))

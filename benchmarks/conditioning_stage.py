@@ -68,10 +68,11 @@ CONTROL_TOKENS = {"good_bad_tokens": ["<|bad|>", "<|good|>"], "quantile_tokens":
 TRAINED_ARMS = ("scalar", "quantile_tokens", "good_bad_tokens", "reward_text", "filtered_sft")
 
 CONFIGS = {
-    # The CPU benchmark on the tiny pretrained GPT-2.
+    # The CPU benchmark on the tiny pretrained GPT-2. 1,500 steps (2.4 epochs): at 500 the scalar arm is
+    # under-trained (seed 0, bulk r over sampling seeds 0-2: 0.30 at 500 steps, 0.57 at 1,500).
     "full": dict(
         n_train=20000,
-        max_steps=500,
+        max_steps=1500,
         batch_size=32,
         learning_rate=3e-3,
         n_prompts=300,

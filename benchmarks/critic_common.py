@@ -42,10 +42,11 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils.logging import disable_progress_bar
 
 import realdata
+import trl
 from trl.experimental.ppo import PPOConfig, PPOTrainer
 
 
-CODE_VERSION = 1  # bump with any change to how policies are trained (it keys the cache)
+CODE_VERSION = 1  # bump with any change to how policies are trained here (it keys the cache, with the PPO sources)
 PROMPT_TOKENS = 8
 RESPONSE_TOKENS = 16
 POLICY_LR = 1e-4
@@ -259,6 +260,14 @@ def ppo_train(
     return recorder.log
 
 
+def ppo_source_hash() -> str:
+    """Hash of the installed trl's PPO sources: the code that trained (and checkpointed) a cached policy."""
+    digest = hashlib.sha256()
+    for path in sorted((Path(trl.__file__).parent / "experimental" / "ppo").glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def _key(setup, name) -> str:
     settings = {k: setup.cfg[k] for k in ("batch", "updates", "warmup", "kl_coef", "train_prompts")}
     settings |= {
@@ -266,6 +275,7 @@ def _key(setup, name) -> str:
         "code": CODE_VERSION,
         "lr": [POLICY_LR, CRITIC_LR],
         "tokens": [PROMPT_TOKENS, RESPONSE_TOKENS],
+        "ppo_sources": ppo_source_hash(),  # checkpoints written by other PPO code may not resume in this one
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
