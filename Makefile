@@ -50,7 +50,7 @@ test: $(TOOLS)/.done
 
 # transformers' own ModelTesterMixin (from the installed transformers' sdist) on the reward-conditioned model.
 test-modeltests: $(TOOLS)/.done
-	$(TOOLS)/bin/tox run -e py311-tfmodeltests --skip-missing-interpreters false
+	$(TOOLS)/bin/tox run -e py311-tfmin-modeltests,py311-tflatest-modeltests --skip-missing-interpreters false
 
 # DDP x2 and DeepSpeed ZeRO-2/3 on CPU, in processes of their own: a separate tox env, run by `make ci`.
 test-distributed: $(TOOLS)/.done

@@ -20,6 +20,8 @@ Everything runs on the tiny GPT-2 of the `tiny_causal_lm` fixture and `tiny_toke
 import copy
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -410,6 +412,25 @@ def test_save_and_from_pretrained_round_trip(tiny_causal_lm, tiny_tokenizer, tmp
     assert isinstance(again.model, RewardConditionedCausalLM)
     with torch.no_grad():
         torch.testing.assert_close(again.model.eval()(**inputs).logits, loaded(**inputs).logits)
+
+
+def test_model_card_says_how_to_load_and_its_quick_start_runs(tiny_causal_lm, tiny_tokenizer, tmp_path):
+    # Loading needs the package's import first; the card written with each checkpoint says so, and its code works in
+    # a fresh process (with the local folder in place of a hub id)
+    args = make_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=1)
+    trainer = RewardConditionedTrainer(
+        tiny_causal_lm(), args, train_dataset=make_dataset(8), processing_class=tiny_tokenizer
+    )
+    trainer.train()
+    trainer.save_model()
+    card = (Path(args.output_dir) / "README.md").read_text()
+    assert "reward-conditioning" in card and "import trl.experimental.reward_conditioning" in card
+    code = re.search(r"```python\n(.*?)```", card, re.DOTALL).group(1)
+    assert 'model="None"' in code  # no hub id: the test puts the local folder there
+    code = code.replace('model="None"', f"model={args.output_dir!r}")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip()
 
 
 def test_model_from_base_path(tiny_causal_lm, tiny_tokenizer, tmp_path):
