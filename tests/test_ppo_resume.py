@@ -356,6 +356,19 @@ def test_resume_refuses_another_seed_or_dataset(uninterrupted, tiny_tokenizer, t
     assert trainer.state.global_step == 0
 
 
+@pytest.mark.parametrize(("saved", "resumed"), [(None, 3e-3), (3e-3, 1e-2)])
+def test_resume_refuses_another_critic_learning_rate(tiny_tokenizer, tmp_path, saved, resumed):
+    # The checkpoint's optimizer and scheduler hold its learning rates: another value would silently not apply, or
+    # (None against a number) not fit the saved parameter groups
+    make_trainer(tiny_tokenizer, tmp_path, updates=SAVE_AT, critic_learning_rate=saved).train()
+    trainer = make_trainer(tiny_tokenizer, tmp_path, critic_learning_rate=resumed)
+    before = weights(trainer)
+    with pytest.raises(ValueError, match=rf"`critic_learning_rate={saved}`.*Resume with `critic_learning_rate={saved}`"):
+        trainer.train(resume_from_checkpoint=True)
+    assert max_difference(weights(trainer), before) == 0
+    assert trainer.state.global_step == 0
+
+
 def interrupt_critic_swap(folder, newer_critic):
     """`folder` as a save leaves it when it dies between the renames `value_model` -> `.old`, `.tmp` -> `value_model`."""
     os.replace(folder / "value_model", folder / "value_model.old")
