@@ -154,6 +154,20 @@ def test_critic_learning_rate_trains_as_a_hand_built_optimizer_with_a_critic_gro
         assert changed(field_part, snapshot(hand_part)) == []  # bit for bit
 
 
+def test_critic_learning_rate_is_logged_beside_the_policy_rate(build):
+    trainer = build(updates=3, learning_rate=1e-4, critic_learning_rate=3e-3, logging_steps=1)
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "lr" in entry]
+    assert len(logs) == 3
+    for entry in logs:  # the scheduler scales both alike
+        assert entry["critic_lr"] == pytest.approx(entry["lr"] * 30, rel=1e-9)
+    assert logs[0]["critic_lr"] != logs[-1]["critic_lr"]
+    plain = build(updates=1, learning_rate=1e-4, logging_steps=1)
+    plain.train()
+    assert [entry for entry in plain.state.log_history if "lr" in entry and "critic_lr" not in entry] != []
+    assert [entry for entry in plain.state.log_history if "critic_lr" in entry] == []  # no field, no extra entry
+
+
 def test_critic_learning_rate_is_restored_on_resume(build, tmp_path):
     config = dict(
         learning_rate=1e-3, critic_learning_rate=2e-2, save_value_model=True, save_strategy="steps", save_steps=2
