@@ -4,8 +4,9 @@ One extra position per row costs at least (T + 1) / T. The goals are a condition
 / base step time <= (T + 1) / T x 1.03 at T = 256, and generation tokens/s >= 0.97 x the base model's, with the KV
 cache and the same batch. Classifier-free guidance on the reward (`guidance_scale`) runs a second, unconditional
 branch, so guided generation costs about twice plain conditioned generation; the guided / plain time ratio is printed
-too. All contestants run interleaved in one process (medians over repeats), so machine load hits them alike; ratios
-are medians of per-repeat ratios. Asserts nothing: prints the ratios and writes them, with every setting, to
+too. Last, both forwards are compiled with `torch.compile(fullgraph=True)` (the reward insertion must not break the
+graph) and timed on the training batch without gradients. All contestants run interleaved in one process (medians over
+repeats), so machine load hits them alike; ratios are medians of per-repeat ratios. Asserts nothing: prints the ratios and writes them, with every setting, to
 `docs/results/reward_conditioning_speed.json` and the page `docs/results/reward_conditioning_speed.md` made from it.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_reward_conditioning_speed.py            # CPU, a few minutes
@@ -153,6 +154,37 @@ def main():
             if repeat > 0:
                 generate_times[name].append(elapsed)
 
+    # torch.compile(fullgraph=True) of both forwards; the first call of each compiles (not timed)
+    compiled = {
+        "base": torch.compile(base.forward, fullgraph=True),
+        "conditioned": torch.compile(conditioned.forward, fullgraph=True),
+    }
+    forward_inputs = {
+        "base": {"input_ids": input_ids, "attention_mask": attention_mask},
+        "conditioned": {"input_ids": input_ids, "attention_mask": attention_mask, "rewards": rewards},
+    }
+
+    @torch.no_grad()
+    def compiled_forward(name):
+        compiled[name](**forward_inputs[name])
+
+    compile_seconds = {name: timed(compiled_forward, name, args.device) for name in compiled}
+    with torch.no_grad():
+        compiled_difference = (
+            (
+                compiled["conditioned"](**forward_inputs["conditioned"]).logits
+                - conditioned(**forward_inputs["conditioned"]).logits
+            )
+            .abs()
+            .max()
+            .item()
+        )
+    compiled_times = {"base": [], "conditioned": []}
+    for repeat in range(args.repeats):
+        order = ["base", "conditioned"]
+        for name in order if repeat % 2 == 0 else order[::-1]:
+            compiled_times[name].append(timed(compiled_forward, name, args.device))
+
     floor = (args.seq_len + 1) / args.seq_len
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(
@@ -191,6 +223,14 @@ def main():
         f"guided generation (guidance_scale=2): {gen['guided']:.1f} tok/s; time ratio guided/plain conditioned: "
         f"{guided_ratio:.4f} (two forward branches: about 2 is the floor on CPU)"
     )
+    compiled_ratio = statistics.median(
+        c / b for c, b in zip(compiled_times["conditioned"], compiled_times["base"], strict=True)
+    )
+    print(
+        f"torch.compile(fullgraph=True) forward, no grad (medians): base {statistics.median(compiled_times['base']) * 1e3:.1f} "
+        f"ms, conditioned {statistics.median(compiled_times['conditioned']) * 1e3:.1f} ms, ratio {compiled_ratio:.4f}; "
+        f"largest logit difference to eager {compiled_difference:.1e}"
+    )
     results = {
         "settings": {
             "device": device_name,
@@ -211,6 +251,9 @@ def main():
         },
         "train_step_seconds_per_repeat": step_times,
         "generation_seconds_per_repeat": generate_times,
+        "compiled_forward_seconds_per_repeat": compiled_times,
+        "compile_seconds": compile_seconds,
+        "compiled_largest_logit_difference_to_eager": compiled_difference,
         "train_step_seconds": step,
         "generation_tokens_per_second": gen,
         "ratios": {
@@ -219,6 +262,7 @@ def main():
             "train_step_conditioned_over_base_on_T_plus_1": plus_one_ratio,
             "generation_tokens_per_second_conditioned_over_base": gen_ratio,
             "generation_time_guided_over_plain": guided_ratio,
+            "compiled_forward_conditioned_over_base": compiled_ratio,
         },
     }
     write_results(results, Path(args.output_dir))
@@ -261,6 +305,19 @@ def write_results(results, output_dir):
     lines += [f"| {name} | {value:.4f} |" for name, value in results["train_step_seconds"].items()]
     lines += ["", "| generation (median) | tokens/s |", "| --- | --- |"]
     lines += [f"| {name} | {value:.1f} |" for name, value in results["generation_tokens_per_second"].items()]
+    lines += ["", "| `torch.compile(fullgraph=True)` forward, no grad | median seconds | first call (compiles) |"]
+    lines += ["| --- | --- | --- |"]
+    lines += [
+        f"| {name} | {statistics.median(times):.4f} | {results['compile_seconds'][name]:.1f} |"
+        for name, times in results["compiled_forward_seconds_per_repeat"].items()
+    ]
+    lines += [
+        "",
+        (
+            "The conditioned forward compiles as one graph; its logits differ from eager mode's by at most "
+            f"{results['compiled_largest_logit_difference_to_eager']:.1e}."
+        ),
+    ]
     (output_dir / "reward_conditioning_speed.md").write_text("\n".join(lines) + "\n")
 
 
