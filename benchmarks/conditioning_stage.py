@@ -7,7 +7,7 @@ fine-tuning the same base with the same steps, batch and learning rate:
 
 - `scalar`: `RewardConditionedTrainer`, the reward as one embedding in front of the prompt (`reward_position=
   "prefix"`), reward dropout 0.1 (the null reward that guidance needs), the reward head at `head_lr_mult` x the
-  learning rate; sampled plainly or with classifier-free guidance on the reward (`guidance_scale=w`);
+  learning rate (`RewardConditionedConfig.reward_head_learning_rate`; AdamW, no weight decay); sampled plainly or with classifier-free guidance on the reward (`guidance_scale=w`);
 - `quantile_tokens` (`<|q0|>`..`<|q4|>`, the training quintiles, as Quark), `good_bad_tokens` (`<|good|>`/`<|bad|>`
   split at the median, as Korbak et al.), `reward_text` (`<reward 1.23>`, as Rewards-in-Context): control text in
   front of the prompt, `SFTTrainer` with completion-only loss; new token rows drawn after seeding;
@@ -265,19 +265,6 @@ class _Curve(TrainerCallback):
                 self.points.append({"step": state.global_step, **self.measure(self.model_ref())})
 
 
-class _ScalarTrainer(RewardConditionedTrainer):
-    """The reward head and the null reward in their own AdamW group at `head_lr_mult` x the learning rate."""
-
-    head_lr_mult = HEAD_LR_MULT
-
-    def create_optimizer(self, *args, **kwargs):
-        if self.optimizer is None:
-            lr = self.args.learning_rate
-            groups = realdata.reward_head_param_groups(self.model, lr, self.head_lr_mult)
-            self.optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
-        return self.optimizer
-
-
 class _NewTokenLR(TrainerCallback):
     """Scales each optimizer update of the added tokens' rows by `mult`: with AdamW and no weight decay that is a
     learning rate `mult` x larger for the new rows only, matching the scalar arm's reward head."""
@@ -320,9 +307,15 @@ def train_arm(bench, arm, rows, rstats, seed, output_dir, head_lr_mult=HEAD_LR_M
         disable_tqdm=True,
     )
     if arm == "scalar":
-        args = RewardConditionedConfig(reward_position="prefix", reward_dropout=REWARD_DROPOUT, **common)
-        trainer_class = type("ScalarTrainer", (_ScalarTrainer,), {"head_lr_mult": head_lr_mult})
-        trainer = trainer_class(
+        args = RewardConditionedConfig(
+            reward_position="prefix",
+            reward_dropout=REWARD_DROPOUT,
+            reward_head_learning_rate=head_lr_mult * cfg["learning_rate"],
+            optim="adamw_torch",
+            weight_decay=0.0,
+            **common,
+        )
+        trainer = RewardConditionedTrainer(
             model=model, args=args, train_dataset=arm_dataset(arm, rows, rstats), processing_class=tokenizer
         )
     else:
