@@ -363,7 +363,9 @@ def test_resume_refuses_another_critic_learning_rate(tiny_tokenizer, tmp_path, s
     make_trainer(tiny_tokenizer, tmp_path, updates=SAVE_AT, critic_learning_rate=saved).train()
     trainer = make_trainer(tiny_tokenizer, tmp_path, critic_learning_rate=resumed)
     before = weights(trainer)
-    with pytest.raises(ValueError, match=rf"`critic_learning_rate={saved}`.*Resume with `critic_learning_rate={saved}`"):
+    with pytest.raises(
+        ValueError, match=rf"`critic_learning_rate={saved}`.*Resume with `critic_learning_rate={saved}`"
+    ):
         trainer.train(resume_from_checkpoint=True)
     assert max_difference(weights(trainer), before) == 0
     assert trainer.state.global_step == 0

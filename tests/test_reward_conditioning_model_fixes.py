@@ -342,3 +342,28 @@ def test_no_reward_embeds_to_the_zero_vector_at_initialization(tiny_causal_lm):
     ]
     for embedding in embeddings:
         assert embedding.abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("position", ["prefix", "before_completion"])
+def test_training_forward_is_one_graph(tiny_causal_lm, arch, position):
+    # No check that reads tensor values (a device sync, a graph break) runs in `forward`: torch.compile traces the
+    # whole training forward, padding, rewards, labels and all, as one graph, and it computes what eager mode does.
+    model = guided_model(tiny_causal_lm(arch, attn_implementation="eager"), position=position)
+    input_ids = torch.tensor([[PAD, PAD, BOS, 5, 6, 7], [BOS, 8, 9, 10, 11, 12]])
+    inputs = {
+        "input_ids": input_ids,
+        "attention_mask": (input_ids != PAD).long(),
+        "rewards": torch.tensor([0.5, -1.0]),
+        "reward_mask": torch.tensor([True, False]),
+    }
+    if arch == "llama":  # GPT-2's own loss logs inside forward: a graph break of plain GPT2LMHeadModel with labels too
+        inputs["labels"] = input_ids.masked_fill(input_ids == PAD, -100)
+    if position == "before_completion":
+        inputs["prompt_lengths"] = torch.tensor([2, 3])
+    torch._dynamo.reset()
+    compiled = torch.compile(model.forward, fullgraph=True, backend="eager")
+    out, expected = compiled(**inputs), model(**inputs)
+    torch.testing.assert_close(out.logits, expected.logits)
+    if arch == "llama":
+        torch.testing.assert_close(out.loss, expected.loss)
