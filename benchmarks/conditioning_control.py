@@ -99,8 +99,8 @@ def curve_fn(bench, arm, rstats):
 
 
 def stages(bench, cache, reference):
-    """Every (variant, training seed) stage in priority order: seed 0 of the main arms first, so a partial run already
-    compares them. Yields (variant, seed, result)."""
+    """Every (variant, training seed) stage in priority order: the untrained base, then seed 0 of the main arms, so a
+    partial run already compares them. Yields (variant, seed, result)."""
     cfg, rows, rstats = bench.cfg, bench.rows, bench.rstats
     seeds, first = cfg["seeds"], cfg["seeds"][0]
     top_rows = [row for row in rows if row["reward"] >= rstats["quintile_edges"][-1]]
@@ -147,8 +147,8 @@ def stages(bench, cache, reference):
             cache.get("base", lambda: evaluate(bench, "base", model, bench.tokenizer, rstats, reference)),
         )
 
+    yield base()  # first: whether a base writes is the first thing a new base must show
     yield trained("scalar", first)
-    yield base()
     yield trained("quantile_tokens", first)
     for w in GUIDANCE_SCALES[1:]:
         yield guided(first, w)
