@@ -377,7 +377,13 @@ def verdicts(payload):
         lines.append(
             f"- A base whose own samples score within {GOAL_JUDGE_RATIO:g}x of real text under the judge: "
             f"{'met' if ratio <= GOAL_JUDGE_RATIO else 'not met'} ({ratio:.1f}x: {rows['base']['judge_perplexity']:.0f}"
-            f" vs {setup['real_judge_perplexity']:.0f})."
+            f" vs {setup['real_judge_perplexity']:.0f}; MAUVE against the real continuations "
+            f"{rows['base']['mauve']:.3f})."
+            + (
+                " The judge is the base model itself, which favours its own samples: MAUVE is the fairer measure here."
+                if setup["name"].split(" (")[0] == setup["judge"].split(" (")[0]
+                else ""
+            )
         )
     eff = payload.get("efficiency")
     if eff:
