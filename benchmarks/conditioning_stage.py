@@ -95,6 +95,21 @@ CONFIGS = {
         seeds=[0, 1],
         sampling_seeds=[0, 1, 2],
     ),
+    # SmolLM2-135M-Instruct as the base on a 2-core CPU (`--model smollm2` without a GPU): full fine-tuning at
+    # 4-5 s a step on one thread, so one training seed, 400 steps at batch 16 (6,400 of the 24,000 rows: about
+    # 30 min an arm), no learning curves.
+    "smollm2_cpu": dict(
+        n_train=24000,
+        max_steps=400,
+        batch_size=16,
+        learning_rate=1e-4,
+        n_prompts=300,
+        n_curve_prompts=0,
+        curve_points=0,
+        gen_batch=150,
+        seeds=[0],
+        sampling_seeds=[0, 1, 2],
+    ),
     # The GPU lane: SmolLM2-135M-Instruct as the base.
     "smollm2": dict(
         n_train=24000,
@@ -181,7 +196,7 @@ def load_bench(mode):
         judge = (base, tokenizer)
         info = {"name": "untrained 2x32 GPT-2 (--quick)", "judge": "the untrained base itself (--quick)"}
     else:
-        base, tokenizer = base_model("tiny" if mode == "full" else mode)
+        base, tokenizer = base_model("tiny" if mode == "full" else "smollm2")
         n_params = sum(p.numel() for p in base.parameters())
         name = (
             f"tiny GPT-2 {realdata.N_LAYER}x{realdata.N_EMBD} ({n_params / 1e6:.2f}M params, realdata.tiny_lm)"
