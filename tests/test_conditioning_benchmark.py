@@ -16,6 +16,7 @@ for module in ("matplotlib", "scipy", "sklearn", "vaderSentiment", "movie_review
     pytest.importorskip(module)
 
 from benchmarks import conditioning_control as control  # noqa: E402
+from benchmarks import conditioning_encoding as encoding  # noqa: E402
 from benchmarks import conditioning_extrapolation as extrapolation  # noqa: E402
 from benchmarks import conditioning_stage as st  # noqa: E402
 from benchmarks import conditioning_vs_ppo as vs_ppo  # noqa: E402
@@ -126,9 +127,39 @@ def test_extrapolation_quick_run(extrapolation_run):
             assert field in row
 
 
+@pytest.fixture(scope="module")
+def encoding_run(tmp_path_factory):
+    out, cache = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("cache")
+    return encoding.main(["--quick", "--out", str(out), "--cache-dir", str(cache)]), out
+
+
+def test_encoding_quick_run(encoding_run):
+    payload, out = encoding_run
+    assert (out / "conditioning_encoding.md").read_text() == encoding.render(payload)
+    assert {row["arm"] for row in payload["results"]} == {
+        name + suffix for name in encoding.ENCODINGS for suffix in ("", "_guided")
+    }
+    for row in payload["results"]:
+        assert len(row["cosine_to_cap"]) == len(row["targets"])
+        assert row["cosine_to_cap"][0] == pytest.approx(1.0)
+    assert {p["sampling"] for p in payload["paired"]} == {"plain", "guided"}
+
+
+def test_signed_square_encoding_turns_past_the_range():
+    # The second component grows as z|z|: a target twice as far from the mean gets four times the value.
+    rstats = {"mean": 1.0, "std": 2.0}
+    assert encoding.encode("linear", [3.0, 5.0], rstats) == [3.0, 5.0]
+    assert encoding.encode("signed_square", [3.0, 5.0, -1.0], rstats) == [[3.0, 1.0], [5.0, 4.0], [-1.0, -1.0]]
+
+
 @pytest.mark.parametrize(
     ("name", "module"),
-    [("conditioning", control), ("conditioning_extrapolation", extrapolation), ("conditioning_vs_ppo", vs_ppo)],
+    [
+        ("conditioning", control),
+        ("conditioning_extrapolation", extrapolation),
+        ("conditioning_encoding", encoding),
+        ("conditioning_vs_ppo", vs_ppo),
+    ],
 )
 def test_committed_pages_are_generated_from_their_json(name, module):
     json_file = RESULTS / f"{name}.json"
