@@ -2,7 +2,8 @@
 
 Prompt-cache reuse (transformers' documented pattern: fill a cache on a shared prefix, then generate each longer prompt
 from a copy of it) gives the tokens generation without the cache gives; assisted decoding, which cannot know about
-the reward's cache position, and cache reuse where the reward goes after the prompt are refused up front.
+the reward's cache position, and cache reuse where the reward goes after the prompt are refused up front; so is
+`cache_implementation="static"`, which transformers sizes without the reward, while a static cache sized for it works.
 """
 
 import copy
@@ -12,6 +13,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from transformers import StaticCache
 
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -78,6 +80,22 @@ def test_reusing_a_prompt_cache_is_refused_when_the_reward_follows_the_prompt(ti
         cache = model(prompt[:, :2], rewards=torch.tensor([1.0]), prompt_lengths=torch.tensor([2])).past_key_values
     with pytest.raises(ValueError, match="reused only with `reward_position='prefix'`"):
         model.generate(prompt, rewards=torch.tensor([1.0]), past_key_values=cache, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("guidance_scale", [None, 2.0])
+def test_a_static_cache_sized_for_the_reward_generates_as_the_dynamic_one(models, arch, guidance_scale):
+    # transformers sizes `cache_implementation="static"` for the tokens only (max_length - 1 positions); a static cache
+    # one position larger, made by the user, holds the reward too.
+    model = models[arch]
+    prompt_ids, prompt_mask = left_padded([[5, 6, 7], [8, 9, 10, 11, 12]])
+    options = dict(rewards=torch.tensor([1.0, -1.0]), max_new_tokens=4, do_sample=False, guidance_scale=guidance_scale)
+    expected = model.generate(prompt_ids, attention_mask=prompt_mask, **options)
+    with pytest.raises(ValueError, match="also keeps the reward in it, one position more"):
+        model.generate(prompt_ids, attention_mask=prompt_mask, cache_implementation="static", **options)
+    cache = StaticCache(config=model.config.text_config, max_cache_len=prompt_ids.shape[1] + 4)
+    static = model.generate(prompt_ids, attention_mask=prompt_mask, past_key_values=cache, **options)
+    assert torch.equal(static, expected)
 
 
 @pytest.mark.parametrize("option", ["assistant_model", "prompt_lookup_num_tokens"])
