@@ -3,7 +3,8 @@
 Prompt-cache reuse (transformers' documented pattern: fill a cache on a shared prefix, then generate each longer prompt
 from a copy of it) gives the tokens generation without the cache gives; assisted decoding, which cannot know about
 the reward's cache position, and cache reuse where the reward goes after the prompt are refused up front; so is
-`cache_implementation="static"`, which transformers sizes without the reward, while a static cache sized for it works.
+`cache_implementation="static"`, which transformers sizes without the reward, while a static cache sized for it works;
+and so is generating from `inputs_embeds` (the forward pass takes them).
 """
 
 import copy
@@ -96,6 +97,13 @@ def test_a_static_cache_sized_for_the_reward_generates_as_the_dynamic_one(models
     cache = StaticCache(config=model.config.text_config, max_cache_len=prompt_ids.shape[1] + 4)
     static = model.generate(prompt_ids, attention_mask=prompt_mask, past_key_values=cache, **options)
     assert torch.equal(static, expected)
+
+
+def test_generating_from_inputs_embeds_gets_a_clear_error(models):
+    model = models["llama"]
+    embeds = model.get_input_embeddings()(torch.tensor([[5, 6, 7]]))  # (1, 3, H)
+    with pytest.raises(ValueError, match="needs the prompt as `input_ids`.*`inputs_embeds` were given"):
+        model.generate(inputs_embeds=embeds, rewards=torch.tensor([1.0]), max_new_tokens=2)
 
 
 @pytest.mark.parametrize("option", ["assistant_model", "prompt_lookup_num_tokens"])
