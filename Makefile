@@ -83,6 +83,7 @@ bench-conditioning: $(DEMO)/.done
 	$(DEMO)/bin/python -m benchmarks.conditioning_control
 	$(DEMO)/bin/python -m benchmarks.conditioning_extrapolation
 	$(DEMO)/bin/python -m benchmarks.conditioning_encoding
+	$(DEMO)/bin/python -m benchmarks.conditioning_levers
 	$(DEMO)/bin/python -m benchmarks.conditioning_vs_ppo
 
 bench-critic: $(DEMO)/.done

@@ -295,11 +295,25 @@ class _NewTokenLR(TrainerCallback):
             self.weight[self.ids] = self.before + self.mult * (self.weight[self.ids] - self.before)  # (K, H)
 
 
-def train_arm(bench, arm, rows, rstats, seed, output_dir, head_lr_mult=HEAD_LR_MULT, curve=None, max_steps=None):
+def train_arm(
+    bench,
+    arm,
+    rows,
+    rstats,
+    seed,
+    output_dir,
+    head_lr_mult=HEAD_LR_MULT,
+    curve=None,
+    max_steps=None,
+    reward_dropout=REWARD_DROPOUT,
+    head_init_std=None,
+):
     """Fine-tune a copy of the base for one arm on `rows` (whose statistics `rstats` set the token thresholds).
 
     `curve`: None, or a function (model, tokenizer) -> dict measured at `cfg["curve_points"]` evenly spaced steps
-    inside `isolated_rng`. Returns (model in eval mode, tokenizer, train seconds, curve points or None).
+    inside `isolated_rng`. `reward_dropout` and `head_init_std` (None: the model's own initialization; else the
+    scalar arm's reward head weight and bias are drawn again from N(0, head_init_std^2)) are the scalar arm's levers.
+    Returns (model in eval mode, tokenizer, train seconds, curve points or None).
     """
     cfg = bench.cfg
     max_steps = max_steps or cfg["max_steps"]
@@ -324,7 +338,7 @@ def train_arm(bench, arm, rows, rstats, seed, output_dir, head_lr_mult=HEAD_LR_M
     if arm == "scalar":
         args = RewardConditionedConfig(
             reward_position="prefix",
-            reward_dropout=REWARD_DROPOUT,
+            reward_dropout=reward_dropout,
             reward_head_learning_rate=head_lr_mult * cfg["learning_rate"],
             optim="adamw_torch",
             weight_decay=0.0,
@@ -333,6 +347,10 @@ def train_arm(bench, arm, rows, rstats, seed, output_dir, head_lr_mult=HEAD_LR_M
         trainer = RewardConditionedTrainer(
             model=model, args=args, train_dataset=arm_dataset(arm, rows, rstats), processing_class=tokenizer
         )
+        if head_init_std is not None:
+            with torch.no_grad():
+                trainer.model.reward_head.linear.weight.normal_(std=head_init_std)
+                trainer.model.reward_head.linear.bias.normal_(std=head_init_std)
     else:
         if arm in CONTROL_TOKENS:
             tokenizer.add_tokens(CONTROL_TOKENS[arm], special_tokens=True)

@@ -18,6 +18,7 @@ for module in ("matplotlib", "scipy", "sklearn", "vaderSentiment", "movie_review
 from benchmarks import conditioning_control as control  # noqa: E402
 from benchmarks import conditioning_encoding as encoding  # noqa: E402
 from benchmarks import conditioning_extrapolation as extrapolation  # noqa: E402
+from benchmarks import conditioning_levers as levers  # noqa: E402
 from benchmarks import conditioning_stage as st  # noqa: E402
 from benchmarks import conditioning_vs_ppo as vs_ppo  # noqa: E402
 
@@ -30,14 +31,14 @@ def bench():
     return st.load_bench("quick")
 
 
-def _train(bench, arm, curve=None, disturb=False, seed=0):
+def _train(bench, arm, curve=None, disturb=False, seed=0, **levers):
     if disturb:  # whatever an earlier stage left in the global random streams must not matter
         torch.manual_seed(1234)
         random.seed(1234)
         np.random.seed(1234)
         torch.rand(7)
     with tempfile.TemporaryDirectory() as out:
-        model, *_ = st.train_arm(bench, arm, bench.rows, bench.rstats, seed, out, curve=curve)
+        model, *_ = st.train_arm(bench, arm, bench.rows, bench.rstats, seed, out, curve=curve, **levers)
     return model.state_dict()
 
 
@@ -152,12 +153,38 @@ def test_signed_square_encoding_turns_past_the_range():
     assert encoding.encode("signed_square", [3.0, 5.0, -1.0], rstats) == [[3.0, 1.0], [5.0, 4.0], [-1.0, -1.0]]
 
 
+@pytest.fixture(scope="module")
+def levers_run(tmp_path_factory):
+    out, cache = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("cache")
+    return levers.main(["--quick", "--out", str(out), "--cache-dir", str(cache)]), out
+
+
+def test_levers_quick_run(levers_run, bench):
+    payload, out = levers_run
+    assert (out / "conditioning_levers.md").read_text() == levers.render(payload)
+    names = set(levers.variants(bench))
+    assert {row["arm"] for row in payload["results"]} == names
+    assert {p["variant"] for p in payload["paired"]} == names - {"default"}
+    for row in payload["results"]:
+        for field in ("pearson_r_bulk", "pearson_r_bulk_ci95", "judge_perplexity", "mauve"):
+            assert field in row, (row["arm"], field)
+
+
+def test_levers_reach_the_trained_model(bench):
+    # A different reward dropout trains other weights; the head initialization lever starts the head at its scale
+    # (a few steps at learning rate 3e-3 cannot bring N(0, 5^2) weights back to the default 0.02).
+    default = _train(bench, "scalar")
+    assert not _same(default, _train(bench, "scalar", reward_dropout=0.3))
+    assert _train(bench, "scalar", head_init_std=5.0)["reward_head.linear.weight"].std() > 1.0
+
+
 @pytest.mark.parametrize(
     ("name", "module"),
     [
         ("conditioning", control),
         ("conditioning_extrapolation", extrapolation),
         ("conditioning_encoding", encoding),
+        ("conditioning_levers", levers),
         ("conditioning_vs_ppo", vs_ppo),
     ],
 )
