@@ -237,6 +237,23 @@ def tmpfs(tmp_path):
         subprocess.run(["umount", str(mount_point)], check=True)
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_resized_token_embeddings_save_and_reload(tiny_causal_lm, tmp_path, arch):
+    # As on the base: the new rows take new ids, and the saved config records the new vocabulary size.
+    model = RewardConditionedCausalLM.from_base(tiny_causal_lm(arch)).eval()
+    vocab_size = model.config.text_config.vocab_size
+    model.resize_token_embeddings(vocab_size + 6)
+    assert model.config.text_config.vocab_size == vocab_size + 6
+    ids = torch.tensor([[5, vocab_size + 5, 7]])
+    with torch.no_grad():
+        logits = model(ids, rewards=[1.0]).logits
+    assert logits.shape == (1, 3, vocab_size + 6)
+    model.save_pretrained(tmp_path)
+    loaded = RewardConditionedCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(ids, rewards=[1.0]).logits, logits)
+
+
 def test_save_into_a_symlink_writes_through_it(small_model, tmp_path):
     (tmp_path / "target").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "target", target_is_directory=True)
