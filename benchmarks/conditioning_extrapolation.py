@@ -198,7 +198,8 @@ are 95 % t-intervals over training seeds. `scalar_guided` samples the `scalar` m
 {payload["guidance_scale"]:g}. `quantile_tokens` asks for the top token at every target at or above the cap, so its
 gain is sampling noise by construction. "Best target mean" is the highest of an arm's per-target means (a maximum over
 noisy means, so biased upwards; for `filtered_sft`, its mean over all targets), compared with the mean reward of the
-best 5 % of the rows the arm was trained on and with filtered SFT's mean (point estimates). A reward encoding that keeps magnitude past the training range was not tried.
+best 5 % of the rows the arm was trained on and with filtered SFT's mean (point estimates). A reward encoding that
+keeps magnitude past the training range is tried in [`conditioning_encoding.md`](conditioning_encoding.md).
 
 {chr(10).join(table)}
 
