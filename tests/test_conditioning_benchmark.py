@@ -112,6 +112,16 @@ def test_control_render_is_a_function_of_the_json(control_run):
     assert control.render(json.loads((out / "conditioning.json").read_text())) == page
 
 
+def test_smollm2_page_shows_the_tiny_model_beside_it(control_run):
+    payload, out = control_run
+    assert "Beside the tiny model" not in control.render(payload)
+    smollm2 = payload | {"mode": "smollm2_cpu", "tiny_reference": control.tiny_reference(out / "conditioning.json")}
+    page = control.render(smollm2)
+    assert "## Beside the tiny model" in page
+    for row in payload["results"]:
+        assert f"| `{row['arm']}` | {len(row['seeds'])} / {len(row['seeds'])} |" in page
+
+
 @pytest.fixture(scope="module")
 def extrapolation_run(tmp_path_factory):
     out, cache = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("cache")
