@@ -462,7 +462,10 @@ def render(payload):
     unfinished = (
         ""
         if payload["complete"]
-        else (f"\n**Unfinished run: {payload['stages_done']} stages done; rerunning the command resumes it.**\n")
+        else (
+            f"\n**Unfinished run: {payload['stages_done']} stages done. Rerunning the command on the code it ran "
+            f"(commit `{payload['environment']['repo_commit']}`) resumes it; other code starts a new run.**\n"
+        )
     )
     return f"""# Reward-conditioning control on IMDb (generated)
 
