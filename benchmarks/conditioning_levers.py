@@ -145,6 +145,11 @@ def render(payload):
         f"{st.fmt_ci(p['bulk_r_difference'], p['bulk_r_difference_ci95'])}: {verdict(p)}."
         for p in payload["paired"]
     ]
+    met = [r["arm"] for r in payload["results"] if r["pearson_r_bulk_ci95"][0] >= control.GOAL_BULK_R]
+    lines.append(
+        f"- Unguided bulk r >= {control.GOAL_BULK_R} with the whole 95 % interval above it: "
+        + (f"met by {', '.join(f'`{name}`' for name in met)}." if met else "met by no variant.")
+    )
     unfinished = (
         ""
         if payload["complete"]
