@@ -407,6 +407,12 @@ def verdicts(payload):
                 if setup["name"].split(" (")[0] == setup["judge"].split(" (")[0]
                 else ""
             )
+            + (
+                f" The trained arms' samples: {min(trained) / setup['real_judge_perplexity']:.1f}x to "
+                f"{max(trained) / setup['real_judge_perplexity']:.1f}x."
+                if (trained := [r["judge_perplexity"] for name, r in rows.items() if name != "base"])
+                else ""
+            )
         )
     eff = payload.get("efficiency")
     if eff:
