@@ -14,12 +14,10 @@ targets against the mean reward of the best 5 % of the rows the arm was trained 
     python -m benchmarks.conditioning_extrapolation --render  # rewrite the page from the JSON only
 """
 
-import argparse
 import json
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -114,11 +112,7 @@ def summarize(bench, q, per_arm):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="CI smoke run: untrained tiny model, numbers meaningless")
-    parser.add_argument("--out", type=Path, default=Path("docs/results"))
-    parser.add_argument("--cache-dir", type=Path, default=st.realdata.CACHE_DIR)
-    parser.add_argument("--render", action="store_true", help="only rewrite the page from the JSON")
+    parser = st.argument_parser(__doc__)
     args = parser.parse_args(argv)
     if args.render:
         payload = json.loads((args.out / "conditioning_extrapolation.json").read_text())
@@ -178,11 +172,7 @@ def render(payload):
             if len(r["seeds"]) < 2:
                 verdict += " (one training seed: no interval)"
             lines.append(f"- cap q{100 * r['cap_quantile']:.0f}, `{r['arm']}`: asking above the cap gives {verdict}.")
-    unfinished = (
-        ""
-        if payload["complete"]
-        else (f"\n**Unfinished run: {payload['stages_done']} stages done; rerunning the command resumes it.**\n")
-    )
+    unfinished = st.unfinished_banner(payload)
     env = payload["environment"]
     return f"""# Claim 1: above the best seen in training (generated)
 

@@ -26,6 +26,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
+import argparse
 import contextlib
 import copy
 import hashlib
@@ -568,6 +569,26 @@ class StageCache:
         tmp.rename(path)
         print(f"[bench] {name}: done in {result['stage_seconds']:.0f}s", flush=True)
         return result
+
+
+def argument_parser(doc):
+    """The options every conditioning benchmark takes: `--quick`, `--out`, `--cache-dir` and `--render`."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="CI smoke run: untrained tiny model, numbers meaningless")
+    parser.add_argument("--out", type=Path, default=Path("docs/results"))
+    parser.add_argument("--cache-dir", type=Path, default=realdata.CACHE_DIR)
+    parser.add_argument("--render", action="store_true", help="only rewrite the page (and plots) from the JSON")
+    return parser
+
+
+def unfinished_banner(payload):
+    """What a page says when its run has not done all its stages; empty when it has."""
+    if payload["complete"]:
+        return ""
+    return (
+        f"\n**Unfinished run: {payload['stages_done']} stages done. Rerunning the command on the code it ran "
+        f"(commit `{payload['environment']['repo_commit']}`) resumes it; other code starts a new run.**\n"
+    )
 
 
 def command(script, argv):

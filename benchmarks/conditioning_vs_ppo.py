@@ -23,13 +23,11 @@ carries the judge perplexity (SmolLM2-135M) of its first sampling seed's complet
     python -m benchmarks.conditioning_vs_ppo --render  # rewrite the page and plot from the JSON only
 """
 
-import argparse
 import copy
 import json
 import sys
 import tempfile
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import matplotlib
@@ -301,11 +299,7 @@ def train_ppo(bench, kl_coef, seed=0):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="CI smoke run: untrained tiny model, numbers meaningless")
-    parser.add_argument("--out", type=Path, default=Path("docs/results"))
-    parser.add_argument("--cache-dir", type=Path, default=st.realdata.CACHE_DIR)
-    parser.add_argument("--render", action="store_true", help="only rewrite the page and plot from the JSON")
+    parser = st.argument_parser(__doc__)
     args = parser.parse_args(argv)
     if args.render:
         payload = json.loads((args.out / "conditioning_vs_ppo.json").read_text())
