@@ -4,7 +4,8 @@ Prompt-cache reuse (transformers' documented pattern: fill a cache on a shared p
 from a copy of it) gives the tokens generation without the cache gives; assisted decoding, which cannot know about
 the reward's cache position, and cache reuse where the reward goes after the prompt are refused up front; so is
 `cache_implementation="static"`, which transformers sizes without the reward, while a static cache sized for it works;
-and so is generating from `inputs_embeds` (the forward pass takes them).
+and so is generating from `inputs_embeds` (the forward pass takes them), and a cache that holds positions besides
+the tokens and the reward (PEFT prompt tuning's virtual tokens: generate without a cache there).
 """
 
 import copy
@@ -97,6 +98,28 @@ def test_a_static_cache_sized_for_the_reward_generates_as_the_dynamic_one(models
     cache = StaticCache(config=model.config.text_config, max_cache_len=prompt_ids.shape[1] + 4)
     static = model.generate(prompt_ids, attention_mask=prompt_mask, past_key_values=cache, **options)
     assert torch.equal(static, expected)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_peft_prompt_tuning_generates_without_cache_and_is_refused_with_one(models, arch):
+    # PEFT prompt tuning puts virtual tokens in front of the prompt's embeddings, so the cache holds more positions
+    # than tokens plus the reward and the new tokens cannot be told apart: refused with a clear error. Without a cache
+    # every step is a full forward, which equals greedy decoding by hand.
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(
+        copy.deepcopy(models[arch]), peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
+    ).eval()
+    ids, rewards = torch.tensor([[5, 6, 7]]), torch.tensor([1.0])
+    options = dict(input_ids=ids, attention_mask=torch.ones_like(ids), rewards=rewards, max_new_tokens=3)
+    with pytest.raises(ValueError, match="something put extra positions in the cache"):
+        model.generate(**options, do_sample=False)
+    generated = model.generate(**options, do_sample=False, use_cache=False)
+    expected = ids
+    with torch.no_grad():
+        for _ in range(3):
+            logits = model(input_ids=expected, attention_mask=torch.ones_like(expected), rewards=rewards).logits
+            expected = torch.cat([expected, logits[:, -1:].argmax(dim=-1)], dim=1)
+    assert torch.equal(generated, expected)
 
 
 def test_generating_from_inputs_embeds_gets_a_clear_error(models):
