@@ -5,7 +5,8 @@ from a copy of it) gives the tokens generation without the cache gives; assisted
 the reward's cache position, and cache reuse where the reward goes after the prompt are refused up front; so is
 `cache_implementation="static"`, which transformers sizes without the reward, while a static cache sized for it works;
 and so is generating from `inputs_embeds` (the forward pass takes them), and a cache that holds positions besides
-the tokens and the reward (PEFT prompt tuning's virtual tokens: generate without a cache there).
+the tokens and the reward (PEFT prompt tuning's virtual tokens: generate without a cache there; PEFT prefix
+tuning's cache, which holds no reward, is refused).
 """
 
 import copy
@@ -120,6 +121,21 @@ def test_peft_prompt_tuning_generates_without_cache_and_is_refused_with_one(mode
             logits = model(input_ids=expected, attention_mask=torch.ones_like(expected), rewards=rewards).logits
             expected = torch.cat([expected, logits[:, -1:].argmax(dim=-1)], dim=1)
     assert torch.equal(generated, expected)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_peft_prefix_tuning_is_refused_instead_of_ignoring_the_reward(models, arch):
+    # PEFT prefix tuning hands the model a cache of virtual tokens that holds no reward; read as a reward-holding
+    # cache, the reward would silently not be inserted. (Its `generate` goes through PEFT's own cache handling, which
+    # differs between transformers 4.x and 5.x; not covered here.)
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(
+        copy.deepcopy(models[arch]), peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
+    ).eval()
+    ids = torch.tensor([[5, 6, 7]])
+    inputs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), rewards=torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="holds no reward and is not supported"):
+        model(**inputs)
 
 
 def test_generating_from_inputs_embeds_gets_a_clear_error(models):

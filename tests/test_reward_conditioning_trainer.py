@@ -177,14 +177,21 @@ def test_collator_pads_right_and_keeps_rewards(lengths, num_rewards, return_prom
     ).filter(lambda rows: all(len({row[k] for row in rows}) > 1 for k in range(2)))
 )
 def test_normalization_stats_fitted_on_train_set(tiny_causal_lm, tiny_tokenizer, out_dir, rewards):
-    trainer = RewardConditionedTrainer(
-        tiny_causal_lm(),
-        make_args(out_dir),
-        train_dataset=make_dataset(len(rewards), rewards),
-        processing_class=tiny_tokenizer,
-    )
-    config = trainer.model.config
+    def build():
+        return RewardConditionedTrainer(
+            tiny_causal_lm(),
+            make_args(out_dir),
+            train_dataset=make_dataset(len(rewards), rewards),
+            processing_class=tiny_tokenizer,
+        )
+
     data = torch.tensor(rewards, dtype=torch.float64)
+    if (data.std(0, unbiased=False) < torch.finfo(torch.float32).tiny).any():
+        # e.g. 0 and 1e-38: a std that normalized rewards would overflow with is refused at construction
+        with pytest.raises(ValueError, match="smallest normal float32"):
+            build()
+        return
+    config = build().model.config
     assert config.num_rewards == 2
     torch.testing.assert_close(torch.tensor(config.reward_mean, dtype=torch.float64), data.mean(0))
     torch.testing.assert_close(torch.tensor(config.reward_std, dtype=torch.float64), data.std(0, unbiased=False))
