@@ -26,7 +26,6 @@ bulk r against MAUVE and distinct-2) and conditioning_curves.png to `--out` (def
 """
 
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -258,14 +257,7 @@ def main(argv=None):
         per_variant.setdefault(variant, {})[seed] = result
         rows = [summarize(v, sorted(res), [res[s] for s in sorted(res)]) for v, res in per_variant.items()]
         payload = {
-            "run_id": cache.run_id,
-            "mode": mode,
-            "command": st.command(__file__, sys.argv[1:] if argv is None else argv),
-            "stages_done": f"{done}/{total}",
-            "complete": done == total,
-            "wall_seconds_this_invocation": time.perf_counter() - start,
-            "environment": cache.environment,
-            "config": bench.cfg,
+            **st.run_header(cache, __file__, argv, mode, bench.cfg, start, done, total),
             "guidance_scales": GUIDANCE_SCALES,
             "head_lr_mults": HEAD_LR_MULTS,
             "default_head_lr_mult": st.HEAD_LR_MULT,

@@ -21,8 +21,6 @@ only if its gain's paired difference has an interval above 0.
     python -m benchmarks.conditioning_encoding --render  # rewrite the page from the JSON only
 """
 
-import json
-import sys
 import tempfile
 import time
 
@@ -122,9 +120,7 @@ def main(argv=None):
     parser = st.argument_parser(__doc__)
     args = parser.parse_args(argv)
     if args.render:
-        payload = json.loads((args.out / "conditioning_encoding.json").read_text())
-        (args.out / "conditioning_encoding.md").write_text(render(payload))
-        return payload
+        return st.rerender(args.out, "conditioning_encoding", render)
     mode = "quick" if args.quick else "full"
     start = time.perf_counter()
     bench = st.load_bench(mode)
@@ -138,22 +134,14 @@ def main(argv=None):
         results.setdefault(encoding, {})[seed] = stage(bench, cache, encoding, seed)
         rows, paired = summarize(bench, results)
         payload = {
-            "run_id": cache.run_id,
-            "mode": mode,
-            "command": st.command(__file__, sys.argv[1:] if argv is None else argv),
-            "stages_done": f"{done}/{len(order)}",
-            "complete": done == len(order),
-            "wall_seconds_this_invocation": time.perf_counter() - start,
-            "environment": cache.environment,
-            "config": cfg,
+            **st.run_header(cache, __file__, argv, mode, cfg, start, done, len(order)),
             "cap_quantile": CAP_QUANTILE,
             "guidance_scale": GUIDANCE_SCALE,
             "setup": {**bench.info, "reward_stats": bench.rstats},
             "results": rows,
             "paired": paired,
         }
-        st.write_json(args.out / "conditioning_encoding.json", payload)
-        (args.out / "conditioning_encoding.md").write_text(render(payload))
+        st.write_page(args.out, "conditioning_encoding", payload, render)
     return payload
 
 

@@ -14,8 +14,6 @@ targets against the mean reward of the best 5 % of the rows the arm was trained 
     python -m benchmarks.conditioning_extrapolation --render  # rewrite the page from the JSON only
 """
 
-import json
-import sys
 import tempfile
 import time
 
@@ -115,9 +113,7 @@ def main(argv=None):
     parser = st.argument_parser(__doc__)
     args = parser.parse_args(argv)
     if args.render:
-        payload = json.loads((args.out / "conditioning_extrapolation.json").read_text())
-        (args.out / "conditioning_extrapolation.md").write_text(render(payload))
-        return payload
+        return st.rerender(args.out, "conditioning_extrapolation", render)
     mode = "quick" if args.quick else "full"
     start = time.perf_counter()
     bench = st.load_bench(mode)
@@ -131,20 +127,12 @@ def main(argv=None):
             if name in result:
                 per_cap[q].setdefault(name, {})[seed] = result[name]
         payload = {
-            "run_id": cache.run_id,
-            "mode": mode,
-            "command": st.command(__file__, sys.argv[1:] if argv is None else argv),
-            "stages_done": f"{done}/{len(order)}",
-            "complete": done == len(order),
-            "wall_seconds_this_invocation": time.perf_counter() - start,
-            "environment": cache.environment,
-            "config": cfg,
+            **st.run_header(cache, __file__, argv, mode, cfg, start, done, len(order)),
             "guidance_scale": GUIDANCE_SCALE,
             "setup": {**bench.info, "reward_stats": bench.rstats},
             "results": [row for q in CAP_QUANTILES for row in summarize(bench, q, per_cap[q])],
         }
-        st.write_json(args.out / "conditioning_extrapolation.json", payload)
-        (args.out / "conditioning_extrapolation.md").write_text(render(payload))
+        st.write_page(args.out, "conditioning_extrapolation", payload, render)
     return payload
 
 

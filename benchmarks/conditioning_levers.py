@@ -19,8 +19,6 @@ that difference's interval lies above 0.
     python -m benchmarks.conditioning_levers --render  # rewrite the page from the JSON only
 """
 
-import json
-import sys
 import tempfile
 import time
 
@@ -73,9 +71,7 @@ def main(argv=None):
     parser = st.argument_parser(__doc__)
     args = parser.parse_args(argv)
     if args.render:
-        payload = json.loads((args.out / "conditioning_levers.json").read_text())
-        (args.out / "conditioning_levers.md").write_text(render(payload))
-        return payload
+        return st.rerender(args.out, "conditioning_levers", render)
     mode = "quick" if args.quick else "full"
     start = time.perf_counter()
     bench = st.load_bench(mode)
@@ -91,14 +87,7 @@ def main(argv=None):
         results.setdefault(name, {})[seed] = stage(bench, cache, reference, name, levers[name], seed)
         rows = [control.summarize(n, sorted(res), [res[s] for s in sorted(res)]) for n, res in results.items()]
         payload = {
-            "run_id": cache.run_id,
-            "mode": mode,
-            "command": st.command(__file__, sys.argv[1:] if argv is None else argv),
-            "stages_done": f"{done}/{len(order)}",
-            "complete": done == len(order),
-            "wall_seconds_this_invocation": time.perf_counter() - start,
-            "environment": cache.environment,
-            "config": cfg,
+            **st.run_header(cache, __file__, argv, mode, cfg, start, done, len(order)),
             "variants": levers,
             "reward_dropout": st.REWARD_DROPOUT,
             "head_lr_mult": st.HEAD_LR_MULT,
@@ -108,8 +97,7 @@ def main(argv=None):
             ],
             "paired": paired(rows),
         }
-        st.write_json(args.out / "conditioning_levers.json", payload)
-        (args.out / "conditioning_levers.md").write_text(render(payload))
+        st.write_page(args.out, "conditioning_levers", payload, render)
     return payload
 
 

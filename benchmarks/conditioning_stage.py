@@ -35,6 +35,7 @@ import json
 import platform
 import random
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -598,6 +599,34 @@ def command(script, argv):
 def write_json(path, payload):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def run_header(cache, script, argv, mode, cfg, start, done, total):
+    """What every staged results JSON starts with: the run, its command, its progress (`done` of `total` stages), the
+    wall time of this invocation (since `start`), the environment and the config."""
+    return {
+        "run_id": cache.run_id,
+        "mode": mode,
+        "command": command(script, sys.argv[1:] if argv is None else argv),
+        "stages_done": f"{done}/{total}",
+        "complete": done == total,
+        "wall_seconds_this_invocation": time.perf_counter() - start,
+        "environment": cache.environment,
+        "config": cfg,
+    }
+
+
+def write_page(out, name, payload, render):
+    """`<name>.json` in `out` and the page `<name>.md` written from it by `render`."""
+    write_json(out / f"{name}.json", payload)
+    (out / f"{name}.md").write_text(render(payload))
+
+
+def rerender(out, name, render):
+    """`--render`: the page `<name>.md` written again from `<name>.json` only; returns the JSON."""
+    payload = json.loads((out / f"{name}.json").read_text())
+    (out / f"{name}.md").write_text(render(payload))
+    return payload
 
 
 def fmt_ci(value, ci, digits=3):

@@ -42,6 +42,12 @@ def _train(bench, arm, curve=None, disturb=False, seed=0, **levers):
     return model.state_dict()
 
 
+def _quick_run(module, tmp_path_factory):
+    """A benchmark script's `--quick` mode into fresh folders: (its JSON payload, the results folder)."""
+    out, cache = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("cache")
+    return module.main(["--quick", "--out", str(out), "--cache-dir", str(cache)]), out
+
+
 def _same(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -85,8 +91,7 @@ def test_stage_cache_key_holds_the_patch_set_and_versions(tmp_path, monkeypatch)
 
 @pytest.fixture(scope="module")
 def control_run(tmp_path_factory):
-    out, cache = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("cache")
-    return control.main(["--quick", "--out", str(out), "--cache-dir", str(cache)]), out
+    return _quick_run(control, tmp_path_factory)
 
 
 def test_control_quick_run_writes_every_output(control_run):
@@ -124,8 +129,7 @@ def test_smollm2_page_shows_the_tiny_model_beside_it(control_run):
 
 @pytest.fixture(scope="module")
 def extrapolation_run(tmp_path_factory):
-    out, cache = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("cache")
-    return extrapolation.main(["--quick", "--out", str(out), "--cache-dir", str(cache)]), out
+    return _quick_run(extrapolation, tmp_path_factory)
 
 
 def test_extrapolation_quick_run(extrapolation_run):
@@ -140,8 +144,7 @@ def test_extrapolation_quick_run(extrapolation_run):
 
 @pytest.fixture(scope="module")
 def encoding_run(tmp_path_factory):
-    out, cache = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("cache")
-    return encoding.main(["--quick", "--out", str(out), "--cache-dir", str(cache)]), out
+    return _quick_run(encoding, tmp_path_factory)
 
 
 def test_encoding_quick_run(encoding_run):
@@ -165,8 +168,7 @@ def test_signed_square_encoding_turns_past_the_range():
 
 @pytest.fixture(scope="module")
 def levers_run(tmp_path_factory):
-    out, cache = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("cache")
-    return levers.main(["--quick", "--out", str(out), "--cache-dir", str(cache)]), out
+    return _quick_run(levers, tmp_path_factory)
 
 
 def test_levers_quick_run(levers_run, bench):

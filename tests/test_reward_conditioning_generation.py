@@ -101,15 +101,20 @@ def test_a_static_cache_sized_for_the_reward_generates_as_the_dynamic_one(models
     assert torch.equal(static, expected)
 
 
+def prompt_learning(model, config_name):
+    """A copy of `model` with a PEFT prompt-learning adapter (`PromptTuningConfig`, `PrefixTuningConfig`) of three
+    virtual tokens, in eval mode."""
+    peft = pytest.importorskip("peft")
+    config = getattr(peft, config_name)(task_type="CAUSAL_LM", num_virtual_tokens=3)
+    return peft.get_peft_model(copy.deepcopy(model), config).eval()
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_peft_prompt_tuning_generates_without_cache_and_is_refused_with_one(models, arch):
     # PEFT prompt tuning puts virtual tokens in front of the prompt's embeddings, so the cache holds more positions
     # than tokens plus the reward and the new tokens cannot be told apart: refused with a clear error. Without a cache
     # every step is a full forward, which equals greedy decoding by hand.
-    peft = pytest.importorskip("peft")
-    model = peft.get_peft_model(
-        copy.deepcopy(models[arch]), peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
-    ).eval()
+    model = prompt_learning(models[arch], "PromptTuningConfig")
     ids, rewards = torch.tensor([[5, 6, 7]]), torch.tensor([1.0])
     options = dict(input_ids=ids, attention_mask=torch.ones_like(ids), rewards=rewards, max_new_tokens=3)
     with pytest.raises(ValueError, match="something put extra positions in the cache"):
@@ -128,10 +133,7 @@ def test_peft_prefix_tuning_is_refused_instead_of_ignoring_the_reward(models, ar
     # PEFT prefix tuning hands the model a cache of virtual tokens that holds no reward; read as a reward-holding
     # cache, the reward would silently not be inserted. (Its `generate` goes through PEFT's own cache handling, which
     # differs between transformers 4.x and 5.x; not covered here.)
-    peft = pytest.importorskip("peft")
-    model = peft.get_peft_model(
-        copy.deepcopy(models[arch]), peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)
-    ).eval()
+    model = prompt_learning(models[arch], "PrefixTuningConfig")
     ids = torch.tensor([[5, 6, 7]])
     inputs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), rewards=torch.tensor([1.0]))
     with pytest.raises(ValueError, match="holds no reward and is not supported"):
