@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from transformers import TrainerCallback
 
@@ -160,15 +160,15 @@ def test_collator_pads_right_and_keeps_rewards(lengths, num_rewards, return_prom
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape == (len(lengths), width)
     assert batch["rewards"].shape == (len(lengths), num_rewards)
     assert batch["rewards"].dtype == torch.float32
-    for i, example in enumerate(examples):
+    for i, row in enumerate(examples):
         n = lengths[i]
-        assert batch["input_ids"][i, :n].tolist() == example["input_ids"]
+        assert batch["input_ids"][i, :n].tolist() == row["input_ids"]
         assert batch["input_ids"][i, n:].eq(0).all()
         assert batch["attention_mask"][i].tolist() == [1] * n + [0] * (width - n)
-        assert batch["labels"][i].tolist() == example["labels"] + [-100] * (width - n)
-        assert batch["rewards"][i].tolist() == example["rewards"]
+        assert batch["labels"][i].tolist() == row["labels"] + [-100] * (width - n)
+        assert batch["rewards"][i].tolist() == row["rewards"]
         if return_prompt_lengths:
-            assert batch["prompt_lengths"][i].item() == example["prompt_length"]
+            assert batch["prompt_lengths"][i].item() == row["prompt_length"]
 
 
 @given(
@@ -176,6 +176,8 @@ def test_collator_pads_right_and_keeps_rewards(lengths, num_rewards, return_prom
         st.lists(st.floats(-100, 100, allow_nan=False, width=32), min_size=2, max_size=2), min_size=3, max_size=20
     ).filter(lambda rows: all(len({row[k] for row in rows}) > 1 for k in range(2)))
 )
+@example(rewards=[[0.0, 0.0], [0.0, 1.401298464324817e-45], [1.0, 0.0]])  # std 6.6e-46: 0 in float32
+@example(rewards=[[0.0, 0.0], [0.0, 1e-38], [1.0, 0.0]])  # std 4.7e-39: subnormal in float32
 def test_normalization_stats_fitted_on_train_set(tiny_causal_lm, tiny_tokenizer, out_dir, rewards):
     def build():
         return RewardConditionedTrainer(
@@ -186,7 +188,13 @@ def test_normalization_stats_fitted_on_train_set(tiny_causal_lm, tiny_tokenizer,
         )
 
     data = torch.tensor(rewards, dtype=torch.float64)
-    if (data.std(0, unbiased=False) < torch.finfo(torch.float32).tiny).any():
+    std = data.std(0, unbiased=False)
+    if (std.float() == 0).any():
+        # e.g. 0 and 1.4e-45: a std that is 0 in float32 means the reward never varies, for the model
+        with pytest.raises(ValueError, match="same value in every row"):
+            build()
+        return
+    if (std < torch.finfo(torch.float32).tiny).any():
         # e.g. 0 and 1e-38: a std that normalized rewards would overflow with is refused at construction
         with pytest.raises(ValueError, match="smallest normal float32"):
             build()
