@@ -15,8 +15,10 @@ completion, `realdata.sentiment_logit`) and one prompt set (the first 8 tokens o
   log-softmax of `null + w * (conditioned - null)` that it samples from.
 
 KL is measured per completion as the sum over its tokens (up to and including EOS) of log p_method - log p_base, on
-samples of the method (temperature 1, no top-k/top-p), averaged over prompts and sampling seeds. Every point also
-carries the judge perplexity (SmolLM2-135M) of its first sampling seed's completions.
+samples of the method (temperature 1, no top-k/top-p), averaged over prompts and sampling seeds. Every trained method
+is trained once per training seed; its point is the mean over training seeds, with a 95 % t-interval over them. Every
+point also carries the judge perplexity (SmolLM2-135M) of its first sampling seed's completions (for a trained method,
+averaged over training seeds).
 
     python -m benchmarks.conditioning_vs_ppo           # the CPU benchmark (background, stage-cached)
     python -m benchmarks.conditioning_vs_ppo --quick   # CI: untrained tiny model, seconds
@@ -177,10 +179,32 @@ def measure(bench, prompts, completions_per_seed, method_logp, base_logp_fn, kl=
     }
 
 
+def pooled(runs, training_seeds):
+    """One trained method's point from its points at each training seed: means, with 95 % t-intervals over seeds."""
+    kl, kl_ci95 = st.mean_ci95([run["kl"] for run in runs])
+    reward, reward_ci95 = st.mean_ci95([run["reward"] for run in runs])
+    return {
+        "kl": kl,
+        "kl_ci95": kl_ci95,
+        "reward": reward,
+        "reward_ci95": reward_ci95,
+        "judge_perplexity": float(np.mean([run["judge_perplexity"] for run in runs])),
+        "train_seconds": float(np.mean([run["train_seconds"] for run in runs])),
+        "training_seeds": training_seeds,
+        "runs": runs,
+    }
+
+
 def stages(bench, cache, prompts):
     cfg, tok, base = bench.cfg, bench.tokenizer, bench.base
     seeds, pad = cfg["sampling_seeds"], bench.tokenizer.pad_token_id
     rs = bench.rstats
+
+    def over_training_seeds(name, train_and_measure):
+        """{setting: pooled point} from `train_and_measure(seed)` ({setting: point}), each seed its own stage."""
+        runs = [cache.get(f"{name}-seed{seed}", lambda seed=seed: train_and_measure(seed)) for seed in cfg["seeds"]]
+        settings = [setting for setting in runs[0] if setting != "stage_seconds"]
+        return {setting: pooled([run[setting] for run in runs], cfg["seeds"]) for setting in settings}
 
     def base_logp(completions):
         return sequence_logprobs(base, prompts, completions, pad)
@@ -211,22 +235,23 @@ def stages(bench, cache, prompts):
         if n != "stage_seconds":
             yield "best_of_n", f"N={n}", point
 
-    def trained(arm):
+    def trained(arm, seed):
         rows = (
             [r for r in bench.rows if r["reward"] >= rs["quintile_edges"][-1]] if arm == "filtered_sft" else bench.rows
         )
         with tempfile.TemporaryDirectory() as out:
-            model, _, seconds, _ = st.train_arm(bench, arm, rows, rs, 0, out)
+            model, _, seconds, _ = st.train_arm(bench, arm, rows, rs, seed, out)
         return model, seconds
 
-    def sft():
-        model, seconds = trained("filtered_sft")
-        return {**plain(model), "train_seconds": seconds}
+    def sft(seed):
+        model, seconds = trained("filtered_sft", seed)
+        return {"top quintile": {**plain(model), "train_seconds": seconds}}
 
-    yield "filtered_sft", "top quintile", cache.get("filtered_sft", sft)
+    for setting, point in over_training_seeds("filtered_sft", sft).items():
+        yield "filtered_sft", setting, point
 
-    def conditioned():
-        model, seconds = trained("scalar")
+    def conditioned(seed):
+        model, seconds = trained("scalar", seed)
         targets = {"median": rs["median"], "q80": rs["quintile_edges"][-1], "q95": rs["q95"]}
         points = {}
         for name in TARGET_QUANTILES:
@@ -238,20 +263,20 @@ def stages(bench, cache, prompts):
                 points[f"target {name} ({targets[name]:+.2f}), w={w:g}"] = {**point, "train_seconds": seconds}
         return points
 
-    for setting, point in cache.get("conditioned", conditioned).items():
-        if setting != "stage_seconds":
-            yield "conditioned", setting, point
+    for setting, point in over_training_seeds("conditioned", conditioned).items():
+        yield "conditioned", setting, point
 
     for kl_coef in KL_COEFS[bench.mode]:
 
-        def ppo(kl_coef=kl_coef):
-            model, seconds = train_ppo(bench, kl_coef)
-            return {**plain(model), "train_seconds": seconds}
+        def ppo(seed, kl_coef=kl_coef):
+            model, seconds = train_ppo(bench, kl_coef, seed)
+            return {f"kl_coef={kl_coef:g}": {**plain(model), "train_seconds": seconds}}
 
-        yield "ppo", f"kl_coef={kl_coef:g}", cache.get(f"ppo-kl{kl_coef:g}", ppo)
+        for setting, point in over_training_seeds(f"ppo-kl{kl_coef:g}", ppo).items():
+            yield "ppo", setting, point
 
 
-def train_ppo(bench, kl_coef, seed=0):
+def train_ppo(bench, kl_coef, seed):
     """PPO from the fork on the training prompts; returns (policy, train seconds)."""
     hp = PPO[bench.mode]
     st.set_seed(seed)
@@ -336,7 +361,16 @@ def write_pages(payload, out):
     fig, ax = plt.subplots(figsize=(7, 5))
     for k, method in enumerate(dict.fromkeys(p["method"] for p in payload["points"])):
         pts = [p for p in payload["points"] if p["method"] == method]
-        ax.scatter([p["kl"] for p in pts], [p["reward"] for p in pts], color=f"C{k}", label=method)
+        ax.errorbar(
+            [p["kl"] for p in pts],
+            [p["reward"] for p in pts],
+            xerr=_bars(pts, "kl"),
+            yerr=_bars(pts, "reward"),
+            fmt="o",
+            capsize=2,
+            color=f"C{k}",
+            label=method,
+        )
     ax.set_xlabel("KL(policy || base), nats per completion")
     ax.set_ylabel("mean reward (sentiment logit)")
     ax.grid(alpha=0.3)
@@ -345,6 +379,27 @@ def write_pages(payload, out):
     fig.savefig(out / "conditioning_vs_ppo.png", dpi=110)
     plt.close(fig)
     (out / "conditioning_vs_ppo.md").write_text(render(payload))
+
+
+def _bars(points, key):
+    """(2, n) error-bar lengths below and above each point's mean: its 95 % interval over training seeds, or 0."""
+    means = np.array([p[key] for p in points])  # (n,)
+    ci = np.array([p.get(f"{key}_ci95", [p[key], p[key]]) for p in points])  # (n, 2)
+    return np.stack([means - ci[:, 0], ci[:, 1] - means])  # (2, n)
+
+
+def _reward(p):
+    return st.fmt_ci(p["reward"], p["reward_ci95"]) if "reward_ci95" in p else f"{p['reward']:+.3f}"
+
+
+def _kl(p):
+    return f"{p['kl']:.3f} [{p['kl_ci95'][0]:.3f}, {p['kl_ci95'][1]:.3f}]" if "kl_ci95" in p else f"{p['kl']:.3f}"
+
+
+def _per_seed(p):
+    """Each training seed's mean reward for a trained method; each sampling seed's for `base` and `best_of_n`."""
+    values = [run["reward"] for run in p["runs"]] if "runs" in p else p["reward_per_seed"]
+    return ", ".join(f"{v:+.3f}" for v in values)
 
 
 def at_equal_kl(payload):
@@ -357,13 +412,13 @@ def at_equal_kl(payload):
             if within:
                 best = max(within, key=lambda q: q["reward"])
                 parts.append(
-                    f"best `{method}` within that KL: {best['reward']:+.3f} ({best['setting']}, KL {best['kl']:.3f}, "
+                    f"best `{method}` within that KL: {_reward(best)} ({best['setting']}, KL {best['kl']:.3f}, "
                     f"{best['train_seconds']:.0f} s of training)"
                 )
             else:
                 parts.append(f"no `{method}` point within that KL")
         lines.append(
-            f"- PPO {p['setting']}: reward {p['reward']:+.3f} at KL {p['kl']:.3f} after {p['train_seconds']:.0f} s of "
+            f"- PPO {p['setting']}: reward {_reward(p)} at KL {_kl(p)} after {p['train_seconds']:.0f} s of "
             "training; " + "; ".join(parts) + "."
         )
     return lines
@@ -371,12 +426,14 @@ def at_equal_kl(payload):
 
 def render(payload):
     env, hp = payload["environment"], payload["ppo"]
-    table = ["| method | setting | KL | reward | reward per sampling seed | judge ppl | train s |", "|---" * 7 + "|"]
+    table = [
+        "| method | setting | KL [95 %] | reward [95 %] | reward per seed | judge ppl | train s |",
+        "|---" * 7 + "|",
+    ]
     for p in payload["points"]:
         table.append(
-            f"| `{p['method']}` | {p['setting']} | {p['kl']:.3f} | {p['reward']:+.3f} | "
-            f"{', '.join(f'{r:+.3f}' for r in p['reward_per_seed'])} | {p['judge_perplexity']:.0f} | "
-            f"{p['train_seconds']:.0f} |"
+            f"| `{p['method']}` | {p['setting']} | {_kl(p)} | {_reward(p)} | {_per_seed(p)} | "
+            f"{p['judge_perplexity']:.0f} | {p['train_seconds']:.0f} |"
         )
     return f"""# Conditioning against PPO on the reward-KL plane (generated)
 
@@ -387,9 +444,10 @@ Base: {payload["setup"]["name"]}; torch {env["torch"]}, transformers {env["trans
 set {env["patch_set_hash"]}. {payload["setup"]["n_prompts"]} held-out prompts (8 token ids each), sampling seeds
 {payload["config"]["sampling_seeds"]}; KL per completion in nats (best-of-N: the analytic bound log N - (N-1)/N).
 PPO: {hp["updates"]} updates of batch {hp["batch"]}, learning rate {hp["learning_rate"]}, {hp["num_ppo_epochs"]}
-PPO epochs per batch, temperature 1, training seed 0. Conditioned and filtered SFT: training seed 0,
-{payload["config"]["max_steps"]} steps of batch {payload["config"]["batch_size"]}. One training seed per method: the
-points carry sampling noise only.
+PPO epochs per batch, temperature 1. Conditioned and filtered SFT: {payload["config"]["max_steps"]} steps of batch
+{payload["config"]["batch_size"]}. Every trained method ran with training seeds {payload["config"]["seeds"]}: its
+KL and reward are means over them with 95 % t-intervals, and `reward per seed` lists each training seed's mean over
+the sampling seeds. For `base` and `best_of_n` (nothing trained) it lists each sampling seed's mean.
 
 {chr(10).join(table)}
 

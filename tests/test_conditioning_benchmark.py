@@ -257,5 +257,13 @@ def test_vs_ppo_quick_run(tmp_path):
     assert methods == {"base", "best_of_n", "filtered_sft", "conditioned", "ppo"}
     for p in payload["points"]:
         assert {"method", "setting", "kl", "reward", "judge_perplexity"} <= set(p)
+        if p["method"] in ("base", "best_of_n"):
+            continue
+        # a trained method's point pools one training per seed: means over them, interval around the mean
+        assert p["training_seeds"] == payload["config"]["seeds"] == [0, 1]
+        assert len(p["runs"]) == 2 and p["runs"][0] != p["runs"][1]
+        for key in ("kl", "reward"):
+            assert p[key] == pytest.approx(np.mean([run[key] for run in p["runs"]]))
+            assert p[f"{key}_ci95"][0] <= p[key] <= p[f"{key}_ci95"][1]
     assert (tmp_path / "out" / "conditioning_vs_ppo.md").read_text() == vs_ppo.render(payload)
     assert (tmp_path / "out" / "conditioning_vs_ppo.png").stat().st_size > 0
